@@ -91,7 +91,7 @@ func (v Value) Format(f fmt.State, verb rune) {
 	}
 }
 
-func (v Value) LogValue() slog.Value        { return slog.StringValue(Redacted) }
+func (v Value) LogValue() slog.Value         { return slog.StringValue(Redacted) }
 func (v Value) MarshalJSON() ([]byte, error) { return []byte(`"` + Redacted + `"`), nil }
 func (v Value) MarshalText() ([]byte, error) { return []byte(Redacted), nil }
 
