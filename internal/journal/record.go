@@ -43,7 +43,10 @@ type Record struct {
 	Outputs map[string]string `json:"outputs,omitempty"`
 	Error   string            `json:"error,omitempty"`
 	// Attempt counts Apply attempts (retries) for intent/done/failed.
-	Attempt int     `json:"attempt,omitempty"`
+	Attempt int `json:"attempt,omitempty"`
+	// Began is when work on this step and host began (its first check), set
+	// on ok, skipped, done and failed records for the incident timeline.
+	Began *time.Time `json:"began,omitempty"`
 	Header  *Header `json:"header,omitempty"`
 	Note    *Note   `json:"note,omitempty"`
 	End     *End    `json:"end,omitempty"`
@@ -70,6 +73,26 @@ type Header struct {
 	PID             int               `json:"pid"`
 	Started         time.Time         `json:"started"`
 	Drill           bool              `json:"drill,omitempty"`
+	// Phases are the runbook's phases with their targets and steps, so the
+	// incident record can be rendered from the journal alone.
+	Phases []Phase `json:"phases,omitempty"`
+	// Steps lists every step id with its kind, in runbook order.
+	Steps []StepInfo `json:"steps,omitempty"`
+}
+
+// Phase is a runbook phase as the header records it.
+type Phase struct {
+	Name   string   `json:"name"`
+	Target string   `json:"target,omitempty"` // Go duration text
+	Steps  []string `json:"steps"`
+}
+
+// StepInfo names a step and its kind.
+type StepInfo struct {
+	ID    string `json:"id"`
+	Kind  string `json:"kind"`
+	Phase string `json:"phase,omitempty"`
+	Name  string `json:"name,omitempty"`
 }
 
 // Note is a fact for the incident record. Kind names what it is
