@@ -46,10 +46,10 @@ type Record struct {
 	Attempt int `json:"attempt,omitempty"`
 	// Began is when work on this step and host began (its first check), set
 	// on ok, skipped, done and failed records for the incident timeline.
-	Began *time.Time `json:"began,omitempty"`
-	Header  *Header `json:"header,omitempty"`
-	Note    *Note   `json:"note,omitempty"`
-	End     *End    `json:"end,omitempty"`
+	Began  *time.Time `json:"began,omitempty"`
+	Header *Header    `json:"header,omitempty"`
+	Note   *Note      `json:"note,omitempty"`
+	End    *End       `json:"end,omitempty"`
 	// Prev is the hash of the previous record ("" for the header); Hash is
 	// this record's hash over Prev and every other field.
 	Prev string `json:"prev"`
