@@ -25,6 +25,10 @@ type Runbook struct {
 	Phases   []Phase
 	Steps    []Step
 	Pos      Pos
+
+	// meta keeps the decoder's nodes and the file's lines, so that
+	// validation errors point at the offending node and quote its line.
+	meta *meta
 }
 
 // Input is a typed input given on the command line (--input name=value).

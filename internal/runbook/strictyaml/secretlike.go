@@ -1,0 +1,158 @@
+package strictyaml
+
+import (
+	"math"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// A detector finds one kind of key material in text.
+type detector struct {
+	what string
+	re   *regexp.Regexp
+	// keep, when set, vetoes a match (for example a digest pin).
+	keep func(s string, loc []int) bool
+}
+
+var detectors = []detector{
+	{what: "a private key", re: regexp.MustCompile(`-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----`)},
+	{what: "a LiteLLM or OpenAI-style API key", re: regexp.MustCompile(`(?:^|[^A-Za-z0-9_-])(sk-[A-Za-z0-9_-]{16,})`)},
+	{what: "a Vault token", re: regexp.MustCompile(`(?:^|[^A-Za-z0-9_.-])(hv[sbr]\.[A-Za-z0-9_-]{20,})`)},
+	{what: "a Vault token", re: regexp.MustCompile(`(?:^|[^A-Za-z0-9_.-])(s\.[A-Za-z0-9]{24})(?:$|[^A-Za-z0-9_.-])`)},
+	{what: "an AWS access key id", re: regexp.MustCompile(`(?:^|[^A-Za-z0-9])((?:AKIA|ASIA)[0-9A-Z]{16})(?:$|[^A-Za-z0-9])`)},
+	{what: "a URL with a password", re: regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:([^/\s@]+)@`)},
+	{what: "a connection string with a password", re: regexp.MustCompile(`(?i)(?:^|[\s;])password\s*=\s*([^\s;'"]+)`)},
+	{what: "a long random string", re: regexp.MustCompile(`[A-Za-z0-9+/=_-]{32,}`), keep: notRandom},
+}
+
+// notRandom vetoes long strings that are not key-like: digest pins
+// ("sha256:..."), words, paths and UUID-like strings of low entropy.
+func notRandom(s string, loc []int) bool {
+	tok := s[loc[0]:loc[1]]
+	before := strings.ToLower(s[:loc[0]])
+	for _, p := range []string{"sha1:", "sha256:", "sha384:", "sha512:"} {
+		if strings.HasSuffix(before, p) {
+			return true
+		}
+	}
+	if isHex(tok) {
+		return !(hasDigit(tok) && hasLetter(tok) && entropy(tok) >= 3.0)
+	}
+	var upper, lower, digit bool
+	for _, r := range tok {
+		switch {
+		case r >= 'A' && r <= 'Z':
+			upper = true
+		case r >= 'a' && r <= 'z':
+			lower = true
+		case r >= '0' && r <= '9':
+			digit = true
+		}
+	}
+	return !(upper && lower && digit && entropy(tok) >= 4.4)
+}
+
+func isHex(s string) bool {
+	for _, r := range s {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f' || r >= 'A' && r <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+func hasDigit(s string) bool { return strings.ContainsAny(s, "0123456789") }
+
+func hasLetter(s string) bool {
+	return strings.ContainsAny(strings.ToLower(s), "abcdefghijklmnopqrstuvwxyz")
+}
+
+// entropy is the Shannon entropy of s in bits per character.
+func entropy(s string) float64 {
+	if s == "" {
+		return 0
+	}
+	var counts [256]int
+	for i := 0; i < len(s); i++ {
+		counts[s[i]]++
+	}
+	var h float64
+	n := float64(len(s))
+	for _, c := range counts {
+		if c > 0 {
+			p := float64(c) / n
+			h -= p * math.Log2(p)
+		}
+	}
+	return h
+}
+
+// secretSpans returns the byte ranges of s that look like key material and
+// what each looks like.
+func secretSpans(s string) (spans [][2]int, what []string) {
+	for _, d := range detectors {
+		for _, m := range d.re.FindAllStringSubmatchIndex(s, -1) {
+			loc := []int{m[0], m[1]}
+			if len(m) >= 4 && m[2] >= 0 {
+				loc = []int{m[2], m[3]}
+			}
+			if d.keep != nil && d.keep(s, loc) {
+				continue
+			}
+			spans = append(spans, [2]int{loc[0], loc[1]})
+			what = append(what, d.what)
+		}
+	}
+	return spans, what
+}
+
+// LooksSecret reports whether s holds something that looks like key
+// material, and what it looks like ("a Vault token"), never the value.
+func LooksSecret(s string) (what string, ok bool) {
+	_, whats := secretSpans(s)
+	if len(whats) == 0 {
+		return "", false
+	}
+	return whats[0], true
+}
+
+// MaskSecrets replaces every secret-looking part of s by the marker.
+func MaskSecrets(s string) string {
+	spans, _ := secretSpans(s)
+	if len(spans) == 0 {
+		return s
+	}
+	masked := make([]bool, len(s))
+	for _, sp := range spans {
+		for i := sp[0]; i < sp[1]; i++ {
+			masked[i] = true
+		}
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		if masked[i] {
+			b.WriteString(Redacted)
+			for i < len(s) && masked[i] {
+				i++
+			}
+			continue
+		}
+		b.WriteByte(s[i])
+		i++
+	}
+	return b.String()
+}
+
+// Quote quotes a value for an error message: secret-looking values become
+// the marker, long values are cut.
+func Quote(s string) string {
+	if _, ok := LooksSecret(s); ok {
+		return Redacted
+	}
+	const max = 64
+	if r := []rune(s); len(r) > max {
+		return strconv.Quote(string(r[:max])) + "..."
+	}
+	return strconv.Quote(s)
+}
