@@ -31,14 +31,25 @@ func (e *CorruptError) Unwrap() error { return ErrCorrupt }
 // Seal returns rec with Seq and Prev set and Hash computed over Prev and
 // every other field. prev is the Hash of the record before ("" for the
 // header), seq its Seq plus one (FirstSeq for the header).
+//
+// The record returned is rec as its encoding will read back: invalid UTF-8
+// in strings is replaced by U+FFFD and times keep only what their text
+// holds. A record that cannot be encoded (a time outside years 0-9999) is
+// returned with an empty Hash, which no store accepts.
 func Seal(prev string, seq int64, rec Record) Record {
 	rec.Seq = seq
 	rec.Prev = prev
 	rec.Hash = ""
-	// A record that cannot be encoded (a time outside years 0-9999) keeps
-	// an empty hash, which no store accepts.
-	rec.Hash, _ = hashOf(rec)
-	return rec
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return rec
+	}
+	var norm Record
+	if err := json.Unmarshal(b, &norm); err != nil {
+		return rec
+	}
+	norm.Hash, _ = hashOf(norm)
+	return norm
 }
 
 // Sealed reports whether rec's Hash matches its content.

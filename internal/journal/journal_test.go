@@ -442,3 +442,27 @@ func FuzzDecodeLine(f *testing.F) {
 		}
 	})
 }
+
+// Seal returns the record as it reads back, so that a record holding bytes
+// that are not UTF-8 (command output) still verifies after a round trip.
+func TestSealNormalizes(t *testing.T) {
+	local := time.FixedZone("X", -5*3600)
+	rec := Seal("", FirstSeq, Record{Time: t0.In(local), Type: THeader, Error: "bad \xff\xfe byte", Header: &Header{RunID: "r", Inputs: map[string]string{"\xff": "\x00"}}})
+	if rec.Error != "bad \ufffd\ufffd byte" {
+		t.Fatalf("error %q", rec.Error)
+	}
+	line, err := EncodeLine(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeLine(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Verify([]Record{back}); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(back, rec) {
+		t.Fatalf("round trip differs:\n%+v\n%+v", back, rec)
+	}
+}
