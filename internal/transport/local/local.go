@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 
 	"github.com/runbook-dev/runbook/internal/transport"
 )
@@ -63,7 +64,10 @@ func (t *Transport) Run(ctx context.Context, cmd transport.Command) (transport.R
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		res.ExitCode = ee.ExitCode()
-		if res.ExitCode < 0 { // killed by a signal
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			// Killed by a signal: report it as a shell does, 128+N.
+			res.ExitCode = 128 + int(ws.Signal())
+		} else if res.ExitCode < 0 {
 			res.ExitCode = 128 + 9
 		}
 		return res, nil

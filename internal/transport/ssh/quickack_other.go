@@ -1,0 +1,7 @@
+//go:build !linux
+
+package ssh
+
+import "net"
+
+func setQuickAck(net.Conn) {}
