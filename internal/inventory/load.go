@@ -52,7 +52,9 @@ var (
 	hostKeys      = []string{"address", "port", "user", "groups", "vars", "sudo", "transport", "jump"}
 )
 
-const secretHint = `reference it instead: {env: NAME}, {file: PATH} or {vault: "path#field"}`
+const secretRefs = `{env: NAME}, {file: PATH} or {vault: "path#field"}`
+
+const secretHint = "reference it instead: " + secretRefs
 
 var (
 	envNameRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -155,7 +157,7 @@ func (d *decoder) inventory(root *yaml.Node, inv *Inventory) {
 					continue
 				}
 				grp := &Group{Name: g.Key, Vars: map[string]string{}, Pos: d.pos(g.KeyN)}
-				for _, h := range d.Mapping(g.Value, gp, groupKeys) {
+				for _, h := range d.MappingOrNull(g.Value, gp, groupKeys) {
 					grp.Vars = d.vars(h.Value, strictyaml.Join(gp, "vars"))
 				}
 				inv.Groups[g.Key] = grp
@@ -240,7 +242,7 @@ func (d *decoder) vars(n *yaml.Node, path string) map[string]string {
 		if secretName.MatchString(f.Key) && v.Value != "" {
 			if _, ok := strictyaml.LooksSecret(v.Value); !ok { // else reported already
 				e := d.Src.SecretErrorNode(v, fp, "variable "+strictyaml.Quote(f.Key)+" is named like a secret: secrets are never written inline")
-				e.Hint = "name it under secrets: as " + secretHint
+				e.Hint = "name it under secrets: with " + secretRefs
 				d.Add(e)
 			}
 			continue
@@ -256,9 +258,13 @@ func (d *decoder) secretRef(n *yaml.Node, path string) SecretRef {
 	if n.Kind == yaml.ScalarNode && !strictyaml.IsNull(n) {
 		if _, ok := strictyaml.LooksSecret(n.Value); !ok { // else reported already
 			e := d.Src.SecretErrorNode(n, path, "a secret is a reference, not a value")
-			e.Hint = "write " + secretHint
+			e.Hint = "write " + secretRefs
 			d.Add(e)
 		}
+		return ref
+	}
+	if strictyaml.IsNull(n) {
+		d.Failf(n, path, "a secret reference has exactly one of env, file or vault")
 		return ref
 	}
 	fields := d.Mapping(n, path, secretRefKeys)
@@ -544,7 +550,7 @@ func (d *decoder) host(f strictyaml.Field) (hostDecl, bool) {
 	if h.Transport == "" {
 		h.Transport = TransportSSH
 	}
-	if addrN == nil && h.Transport == TransportSSH && (f.Value.Kind == yaml.MappingNode || strictyaml.IsNull(f.Value)) {
+	if addrN == nil && h.Transport == TransportSSH && f.Value.Kind == yaml.MappingNode {
 		d.Failf(f.KeyN, path, "missing key %q", "address")
 	}
 	return hd, true
@@ -602,6 +608,9 @@ func (d *decoder) hosts(inv *Inventory, hosts []hostDecl) {
 	}
 	// A jump chain through inventory hosts must end.
 	for _, hd := range hosts {
+		if hd.h.Jump == hd.h.Name {
+			continue // reported above
+		}
 		seen := map[string]bool{hd.h.Name: true}
 		for j := hd.h.Jump; j != ""; {
 			next, ok := byName[j]

@@ -273,11 +273,7 @@ func (d *decoder) inputs(n *yaml.Node) []Input {
 				allowed = g.Value.Content
 			}
 		}
-		if f.Value.Kind != yaml.MappingNode && !strictyaml.IsNull(f.Value) {
-			out = append(out, in)
-			continue
-		}
-		if !typeOK {
+		if f.Value.Kind != yaml.MappingNode || !typeOK {
 			out = append(out, in)
 			continue
 		}
@@ -495,6 +491,9 @@ func (d *decoder) value(n *yaml.Node, path string, depth int) (any, bool) {
 		}
 		return out, ok
 	case yaml.ScalarNode:
+		if strictyaml.BadTag(n) {
+			return nil, false // reported by Parse
+		}
 	default:
 		return nil, false // aliases: reported by Parse
 	}
@@ -519,11 +518,30 @@ func (d *decoder) value(n *yaml.Node, path string, depth int) (any, bool) {
 		}
 		return v, true
 	}
-	if _, err := Refs(n.Value); err != nil {
+	if err := checkValueTemplates(n.Value); err != nil {
 		d.templateError(n, path, n.Value, err)
 		return nil, false
 	}
 	return n.Value, true
+}
+
+// checkValueTemplates checks that every template in a value parses and
+// holds one reference, as Expand needs.
+func checkValueTemplates(s string) error {
+	ts, err := scanTemplates(s)
+	if err != nil {
+		return err
+	}
+	for _, t := range ts {
+		x, err := parseExpr(t.body, t.start+3)
+		if err != nil {
+			return err
+		}
+		if _, ok := x.(*refExpr); !ok {
+			return &TemplateError{Offset: t.start, Msg: "a template in a value holds one reference, not an expression"}
+		}
+	}
+	return nil
 }
 
 // templateError reports a template error at the column of the offending
@@ -644,6 +662,9 @@ func (d *decoder) batch(n *yaml.Node, path string) Batch {
 }
 
 func (d *decoder) when(n *yaml.Node, path string) string {
+	if strictyaml.BadTag(n) {
+		return "" // reported by Parse
+	}
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!bool" {
 		return strings.ToLower(n.Value)
 	}

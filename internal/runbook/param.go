@@ -88,7 +88,7 @@ func convert(t step.ParamType, v any) (any, error) {
 		case time.Duration:
 			return x, nil
 		case int:
-			return nil, fmt.Errorf("duration %d needs a unit, as in %ds or %dm", x, x, x)
+			return nil, fmt.Errorf("duration \"%d\" needs a unit, as in %ds or %dm", x, x, x)
 		case string:
 			d, err := strictyaml.ParseDuration(strings.TrimSpace(x))
 			if err != nil {

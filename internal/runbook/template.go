@@ -285,17 +285,25 @@ func parseBool(s string) (bool, bool) {
 }
 
 func collectRefs(x node, refs []Ref) []Ref {
-	switch x := x.(type) {
-	case *refExpr:
-		refs = append(refs, x.ref)
-	case *notExpr:
-		refs = collectRefs(x.x, refs)
-	case *cmpExpr:
-		refs = collectRefs(x.r, collectRefs(x.l, refs))
-	case *logicExpr:
-		refs = collectRefs(x.r, collectRefs(x.l, refs))
+	for _, r := range refExprs(x, nil) {
+		refs = append(refs, r.ref)
 	}
 	return refs
+}
+
+// refExprs returns the references of x with their offsets, in order.
+func refExprs(x node, out []*refExpr) []*refExpr {
+	switch x := x.(type) {
+	case *refExpr:
+		out = append(out, x)
+	case *notExpr:
+		out = refExprs(x.x, out)
+	case *cmpExpr:
+		out = refExprs(x.r, refExprs(x.l, out))
+	case *logicExpr:
+		out = refExprs(x.r, refExprs(x.l, out))
+	}
+	return out
 }
 
 // comparisons returns the REF == 'lit' and REF != 'lit' pairs of x, so

@@ -221,8 +221,8 @@ func (v *validator) step(i int, st *Step, path string) {
 		wp := path + ".when"
 		x, err := parseWhen(st.When)
 		if err == nil {
-			for _, r := range collectRefs(x, nil) {
-				v.ref(ctx, wp, st.When, r, 0)
+			for _, r := range refExprs(x, nil) {
+				v.ref(ctx, wp, st.When, r.ref, r.off)
 			}
 			for _, c := range comparisons(x, nil) {
 				in := v.inputs[c.ref.ref.Name]

@@ -14,6 +14,10 @@ import (
 type Decoder struct {
 	Src  *Source
 	Errs Errors
+
+	// secret holds the nodes ScanSecrets reported: other errors about
+	// them would only repeat that the value has no place here.
+	secret map[*yaml.Node]bool
 }
 
 // Add records an error.
@@ -22,8 +26,11 @@ func (d *Decoder) Add(e *Error) { d.Errs = append(d.Errs, e) }
 // Failf records an error at node n.
 func (d *Decoder) Failf(n *yaml.Node, field, format string, args ...any) *Error {
 	e := d.Src.ErrorNode(n, field, fmt.Sprintf(format, args...))
-	if n == nil || n.Kind != yaml.AliasNode {
-		// Parse has reported every alias already.
+	switch {
+	case n != nil && n.Kind == yaml.AliasNode: // Parse reported it
+	case n != nil && BadTag(n): // Parse reported it
+	case d.secret[n]: // ScanSecrets reported it
+	default:
 		d.Add(e)
 	}
 	return e
@@ -50,11 +57,19 @@ func Join(path, key string) string {
 // Index builds a path to a list element: "steps[2]".
 func Index(path string, i int) string { return path + "[" + strconv.Itoa(i) + "]" }
 
-// Mapping returns the fields of mapping n in order. It reports a node that
-// is not a mapping and every key not in known (when known is not nil). A
-// null node is an empty mapping.
-func (d *Decoder) Mapping(n *yaml.Node, path string, known []string) []Field {
+// MappingOrNull is Mapping, except that a null node (a key with nothing
+// after it) is an empty mapping.
+func (d *Decoder) MappingOrNull(n *yaml.Node, path string, known []string) []Field {
 	if n == nil || IsNull(n) {
+		return nil
+	}
+	return d.Mapping(n, path, known)
+}
+
+// Mapping returns the fields of mapping n in order. It reports a node that
+// is not a mapping and every key not in known (when known is not nil).
+func (d *Decoder) Mapping(n *yaml.Node, path string, known []string) []Field {
+	if n == nil {
 		return nil
 	}
 	if n.Kind != yaml.MappingNode {
@@ -303,6 +318,10 @@ func (d *Decoder) ScanSecrets(n *yaml.Node, path, hint string) {
 			e := d.Src.SecretErrorNode(n, path, "value looks like "+what+": secrets are never written inline")
 			e.Hint = hint
 			d.Add(e)
+			if d.secret == nil {
+				d.secret = map[*yaml.Node]bool{}
+			}
+			d.secret[n] = true
 		}
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {

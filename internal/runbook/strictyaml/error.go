@@ -116,6 +116,17 @@ func (l Errors) Sorted() Errors {
 	out = slices.CompactFunc(out, func(a, b *Error) bool {
 		return a.File == b.File && a.Line == b.Line && a.Col == b.Col && a.Field == b.Field && a.Msg == b.Msg
 	})
+	// A hint repeated under every error of a kind is noise: keep the
+	// first of each.
+	hints := map[string]bool{}
+	for i, e := range out {
+		if e.Hint != "" && hints[e.File+"\x00"+e.Hint] {
+			c := *e
+			c.Hint = ""
+			out[i] = &c
+		}
+		hints[e.File+"\x00"+e.Hint] = true
+	}
 	if len(out) > MaxErrors {
 		last := out[MaxErrors-1]
 		more := len(out) - MaxErrors + 1

@@ -41,7 +41,9 @@ func Parse(file string, data []byte) (*yaml.Node, *Source, error) {
 		return nil, src, Errors{e}
 	}
 	if bytes.HasPrefix(data, []byte{0xff, 0xfe}) || bytes.HasPrefix(data, []byte{0xfe, 0xff}) {
-		return nil, src, Errors{src.ErrorAt(1, 1, "", "file is UTF-16: save it as UTF-8")}
+		e := src.ErrorAt(1, 1, "", "file is UTF-16: save it as UTF-8")
+		e.Snippet, e.caret = "", -1
+		return nil, src, Errors{e}
 	}
 	if err := checkText(src, data); err != nil {
 		return nil, src, Errors{err}
@@ -70,6 +72,17 @@ func Parse(file string, data []byte) (*yaml.Node, *Source, error) {
 	w := walker{src: src}
 	w.walk(root, 1)
 	errs = append(errs, w.errs...)
+	for _, first := range []struct {
+		e *Error
+		n int
+	}{{w.anchor, w.anchors}, {w.alias, w.aliases}} {
+		if first.e != nil {
+			if first.n > 1 {
+				first.e.Msg += fmt.Sprintf(" (%d more in this file)", first.n-1)
+			}
+			errs = append(errs, first.e)
+		}
+	}
 	if len(errs) > 0 {
 		return root, src, errs.Sorted()
 	}
@@ -179,11 +192,25 @@ func findLine(text []byte, s string) int {
 	return bytes.Count(text[:i], []byte("\n")) + 1
 }
 
+// BadTag reports whether n carries an explicit tag Parse refuses.
+func BadTag(n *yaml.Node) bool { return n.Style&yaml.TaggedStyle != 0 && !allowedTags[n.Tag] }
+
 // walker checks the parsed tree before anyone decodes it.
 type walker struct {
 	src  *Source
 	errs Errors
 	deep bool
+	// The first anchor and alias, and how many there are: one error for
+	// each is enough, and an alias bomb would make thousands.
+	anchor, alias    *Error
+	anchors, aliases int
+}
+
+func (w *walker) anchorAt(n *yaml.Node) {
+	w.anchors++
+	if w.anchor == nil {
+		w.anchor = w.src.ErrorNode(n, "", "anchors (&"+n.Anchor+") are not allowed: write the value out")
+	}
 }
 
 var allowedTags = map[string]bool{
@@ -193,11 +220,14 @@ var allowedTags = map[string]bool{
 
 func (w *walker) walk(n *yaml.Node, depth int) {
 	if n.Anchor != "" {
-		w.errs = append(w.errs, w.src.ErrorNode(n, "", "anchors (&"+n.Anchor+") are not allowed: write the value out"))
+		w.anchorAt(n)
 	}
 	if n.Kind == yaml.AliasNode {
 		// Never follow n.Alias: that is how alias bombs explode.
-		w.errs = append(w.errs, w.src.ErrorNode(n, "", "aliases (*"+n.Value+") are not allowed: write the value out"))
+		w.aliases++
+		if w.alias == nil {
+			w.alias = w.src.ErrorNode(n, "", "aliases (*"+n.Value+") are not allowed: write the value out")
+		}
 		return
 	}
 	if depth > MaxDepth {
@@ -207,7 +237,7 @@ func (w *walker) walk(n *yaml.Node, depth int) {
 		}
 		return
 	}
-	if n.Style&yaml.TaggedStyle != 0 && !allowedTags[n.Tag] {
+	if BadTag(n) {
 		e := w.src.ErrorNode(n, "", "YAML tag "+Quote(n.Tag)+" is not allowed")
 		if strings.HasPrefix(n.Tag, "!") && !strings.HasPrefix(n.Tag, "!!") {
 			e.Hint = "a value that starts with ! is read as a tag: quote it, as in \"!inputs.dry_run\""
@@ -227,7 +257,7 @@ func (w *walker) walk(n *yaml.Node, depth int) {
 				w.errs = append(w.errs, w.src.ErrorNode(k, "", "merge keys (<<) are not allowed: write the keys out"))
 			default:
 				if k.Anchor != "" {
-					w.errs = append(w.errs, w.src.ErrorNode(k, "", "anchors (&"+k.Anchor+") are not allowed: write the value out"))
+					w.anchorAt(k)
 				}
 				if first, dup := seen[k.Value]; dup {
 					w.errs = append(w.errs, w.src.ErrorNode(k, "", fmt.Sprintf("duplicate key %s (first at line %d)", Quote(k.Value), first.Line)))
