@@ -53,7 +53,7 @@ func (c *Command) done(ctx context.Context, env *step.Env) (bool, error) {
 	cmd := transport.Command{Args: c.CheckArgs, Sudo: c.Sudo}
 	res, err := env.Transport.Run(ctx, cmd)
 	if err != nil {
-		return false, fmt.Errorf("check: %w", err)
+		return false, err
 	}
 	switch res.ExitCode {
 	case 0:
@@ -61,7 +61,7 @@ func (c *Command) done(ctx context.Context, env *step.Env) (bool, error) {
 	case 1:
 		return false, nil
 	}
-	return false, fmt.Errorf("check: %w", &transport.ExitError{Host: env.Transport.Host(), Cmd: cmd.String(), Code: res.ExitCode, Stderr: env.Secrets.MaskString(string(res.Stderr))})
+	return false, fmt.Errorf("check program: %w", &transport.ExitError{Host: env.Transport.Host(), Cmd: cmd.String(), Code: res.ExitCode, Stderr: env.Secrets.MaskString(string(res.Stderr))})
 }
 
 // Check implements step.Step.
@@ -82,10 +82,10 @@ func (c *Command) Apply(ctx context.Context, env *step.Env) (step.Outputs, error
 	cmd := transport.Command{Args: c.RunArgs, Sudo: c.Sudo}
 	res, err := env.Transport.Run(ctx, cmd)
 	if err != nil {
-		return nil, fmt.Errorf("run: %w", err)
+		return nil, err
 	}
 	if res.ExitCode != 0 {
-		return nil, fmt.Errorf("run: %w", &transport.ExitError{Host: env.Transport.Host(), Cmd: cmd.String(), Code: res.ExitCode, Stderr: env.Secrets.MaskString(string(res.Stderr))})
+		return nil, fmt.Errorf("run program: %w", &transport.ExitError{Host: env.Transport.Host(), Cmd: cmd.String(), Code: res.ExitCode, Stderr: env.Secrets.MaskString(string(res.Stderr))})
 	}
 	return nil, nil
 }

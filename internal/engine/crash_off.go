@@ -1,0 +1,11 @@
+//go:build !crashpoints
+
+package engine
+
+// crashPoint is a no-op in every build but the test build tagged
+// "crashpoints" (see crash_on.go).
+func crashPoint(int64) {}
+
+// CrashPointsEnabled reports whether this binary was built with the
+// test-only crash hook.
+const CrashPointsEnabled = false
