@@ -288,8 +288,10 @@ type testKind struct {
 	apply func(env *step.Env) (step.Outputs, error)
 }
 
-func (k *testKind) Check(_ context.Context, env *step.Env) (step.Observation, error) { return k.check(env) }
-func (k *testKind) Apply(_ context.Context, env *step.Env) (step.Outputs, error)    { return k.apply(env) }
+func (k *testKind) Check(_ context.Context, env *step.Env) (step.Observation, error) {
+	return k.check(env)
+}
+func (k *testKind) Apply(_ context.Context, env *step.Env) (step.Outputs, error) { return k.apply(env) }
 
 func registryWith(name string, k *testKind) *step.Registry {
 	reg := step.NewRegistry()
