@@ -226,7 +226,11 @@ func (e *engine) runStep(ctx context.Context, s *runbook.Step) ([]Item, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.o.Progress.Event(Event{Type: EventStepStart, Time: e.now(), Step: s.ID, Kind: s.Kind, Phase: s.Phase, Hosts: len(units)})
+	fanout := len(units)
+	if len(s.On) == 0 {
+		fanout = 0 // a once step
+	}
+	e.o.Progress.Event(Event{Type: EventStepStart, Time: e.now(), Step: s.ID, Kind: s.Kind, Phase: s.Phase, Hosts: fanout})
 	parallel := e.o.Parallel
 	if s.Batch.Parallel > 0 && s.Batch.Parallel < parallel {
 		parallel = s.Batch.Parallel
@@ -282,7 +286,7 @@ func (e *engine) runStep(ctx context.Context, s *runbook.Step) ([]Item, error) {
 			}
 		}
 	}
-	e.o.Progress.Event(Event{Type: EventStepDone, Time: e.now(), Step: s.ID, Kind: s.Kind, Phase: s.Phase, Hosts: len(units)})
+	e.o.Progress.Event(Event{Type: EventStepDone, Time: e.now(), Step: s.ID, Kind: s.Kind, Phase: s.Phase, Hosts: fanout})
 	if len(failed) > 0 {
 		if s.Batch.OnFailure == runbook.OnFailureContinue && failed[0] != "" {
 			// The other hosts carry on; the run fails at its end.

@@ -64,7 +64,8 @@ type Event struct {
 	Kind  string    `json:"kind,omitempty"`
 	Phase string    `json:"phase,omitempty"`
 	Host  string    `json:"host,omitempty"`
-	// Hosts is the number of hosts a starting step fans out to.
+	// Hosts is the number of hosts a starting step fans out to; 0 for a
+	// step that runs once.
 	Hosts int `json:"hosts,omitempty"`
 	// Item is set on host_done.
 	Item *Item `json:"item,omitempty"`

@@ -17,7 +17,7 @@ var Spec = &step.Spec{
 	Summary: "run a program; a check program's exit 0 means already done",
 	Target:  step.Either,
 	Params: []step.Param{
-		{Name: "check", Type: step.List, Required: true, Doc: "argv of a program that exits 0 when the work is already done, 1 when it is not; any other exit is an error"},
+		{Name: "check", Type: step.List, Required: true, Doc: "argv of a program that exits 0 when the work is already done and 1 to 125 when it is not; 126, 127 (not runnable) and deaths by signal are errors"},
 		{Name: "run", Type: step.List, Required: true, Doc: "argv of the program that does the work"},
 		{Name: "describe", Type: step.String, Doc: "what the change is, for the plan (default: the run argv)"},
 		{Name: "sudo", Type: step.Bool, Default: false, Doc: "run both programs through sudo -n on hosts configured for sudo"},
@@ -55,10 +55,10 @@ func (c *Command) done(ctx context.Context, env *step.Env) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	switch res.ExitCode {
-	case 0:
+	switch {
+	case res.ExitCode == 0:
 		return true, nil
-	case 1:
+	case res.ExitCode >= 1 && res.ExitCode <= 125:
 		return false, nil
 	}
 	return false, fmt.Errorf("check program: %w", &transport.ExitError{Host: env.Transport.Host(), Cmd: cmd.String(), Code: res.ExitCode, Stderr: env.Secrets.MaskString(string(res.Stderr))})
@@ -97,7 +97,7 @@ func (c *Command) Verify(ctx context.Context, env *step.Env) error {
 		return err
 	}
 	if !done {
-		return fmt.Errorf("verify: check %s still exits 1 after the run", transport.Join(c.CheckArgs))
+		return fmt.Errorf("check %s still says not done after the run", transport.Join(c.CheckArgs))
 	}
 	return nil
 }
