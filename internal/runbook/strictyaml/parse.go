@@ -34,12 +34,11 @@ const (
 // The returned Source quotes lines for later errors. On error the node may
 // be nil; when it is not, it is still unsafe to decode.
 func Parse(file string, data []byte) (*yaml.Node, *Source, error) {
-	src := NewSource(file, data)
 	if len(data) > MaxSize {
-		e := src.ErrorAt(1, 1, "", fmt.Sprintf("file is larger than the limit of %d bytes (1 MiB)", MaxSize))
-		e.Snippet, e.caret = "", -1
-		return nil, src, Errors{e}
+		e := &Error{File: file, Line: 1, Col: 1, caret: -1, Msg: fmt.Sprintf("file is larger than the limit of %d bytes (1 MiB)", MaxSize)}
+		return nil, NewSource(file, nil), Errors{e}
 	}
+	src := NewSource(file, data)
 	if bytes.HasPrefix(data, []byte{0xff, 0xfe}) || bytes.HasPrefix(data, []byte{0xfe, 0xff}) {
 		e := src.ErrorAt(1, 1, "", "file is UTF-16: save it as UTF-8")
 		e.Snippet, e.caret = "", -1
@@ -142,8 +141,9 @@ func syntaxError(src *Source, text []byte, err error) *Error {
 		l, c := deepestBracket(text)
 		return src.ErrorAt(l, c, "", fmt.Sprintf("nesting deeper than %d levels", MaxDepth))
 	}
-	if strings.HasPrefix(msg, "unknown anchor") {
-		return src.ErrorAt(findLine(text, "*"), 1, "", "aliases (*name) are not allowed: write the value out")
+	if m := unknownAnchorRE.FindStringSubmatch(msg); m != nil {
+		l, c := find(text, "*"+m[1])
+		return src.ErrorAt(l, c, "", "aliases (*"+m[1]+") are not allowed: write the value out")
 	}
 	// A tab in indentation is the most common cause of a scanner error:
 	// look for one at the reported line and the next.
@@ -184,12 +184,16 @@ func deepestBracket(text []byte) (line, col int) {
 	return 1, 1
 }
 
-func findLine(text []byte, s string) int {
+var unknownAnchorRE = regexp.MustCompile(`^unknown anchor '(.*)' referenced$`)
+
+// find returns the line and column of the first s in text, else 1:1.
+func find(text []byte, s string) (line, col int) {
 	i := bytes.Index(text, []byte(s))
 	if i < 0 {
-		return 1
+		return 1, 1
 	}
-	return bytes.Count(text[:i], []byte("\n")) + 1
+	start := bytes.LastIndexByte(text[:i], '\n') + 1
+	return bytes.Count(text[:i], []byte("\n")) + 1, utf8.RuneCount(text[start:i]) + 1
 }
 
 // BadTag reports whether n carries an explicit tag Parse refuses.

@@ -49,10 +49,19 @@ func (s *Source) snippet(n, col int, maskRest bool) (string, int) {
 	if line == "" {
 		return "", -1
 	}
-	runes := []rune(line)
 	c := col - 1
 	if c < 0 {
 		c = 0
+	}
+	var runes []rune
+	if len(line) > 4*maskMargin {
+		// Cut a very long line to a margin around the column before
+		// masking: masking the whole of a 1 MiB line for each of many
+		// errors would be slow, and the margin is wide enough that a
+		// secret in view is whole when it is masked.
+		runes, c = around(line, c, maskMargin)
+	} else {
+		runes = []rune(line)
 	}
 	if c > len(runes) {
 		c = len(runes)
@@ -90,6 +99,29 @@ func (s *Source) snippet(n, col int, maskRest bool) (string, int) {
 		return out, c
 	}
 	return string(runes), c
+}
+
+const maskMargin = 1024
+
+// around returns the runes of line within margin of rune c, and c's index
+// in them.
+func around(line string, c, margin int) ([]rune, int) {
+	lo, hi := c-margin, c+margin
+	if lo < 0 {
+		lo = 0
+	}
+	out := make([]rune, 0, 2*margin)
+	i := 0
+	for _, r := range line {
+		if i >= hi {
+			break
+		}
+		if i >= lo {
+			out = append(out, r)
+		}
+		i++
+	}
+	return out, c - lo
 }
 
 // Redacted replaces a secret-looking value in snippets.
