@@ -222,7 +222,7 @@ func (v *validator) step(i int, st *Step, path string) {
 		x, err := parseWhen(st.When)
 		if err == nil {
 			for _, r := range refExprs(x, nil) {
-				v.ref(ctx, wp, st.When, r.ref, r.off)
+				v.ref(ctx, wp, st.When, r.ref, r.off, st.Pos)
 			}
 			for _, c := range comparisons(x, nil) {
 				in := v.inputs[c.ref.ref.Name]
@@ -364,7 +364,7 @@ func (v *validator) valueRefs(ctx refCtx, path string, val any, pos Pos, depth i
 				v.refFail(path, x, t.start, pos, "a template in a value holds one reference, not an expression")
 				continue
 			}
-			v.ref(ctx, path, x, r.ref, r.off)
+			v.ref(ctx, path, x, r.ref, r.off, pos)
 		}
 	case []any:
 		for _, e := range x {
@@ -394,8 +394,8 @@ func (v *validator) refFail(path, s string, off int, pos Pos, format string, arg
 }
 
 // ref checks one reference.
-func (v *validator) ref(ctx refCtx, path, s string, r Ref, off int) {
-	fail := func(format string, args ...any) { v.refFail(path, s, off, ctx.st.Pos, format, args...) }
+func (v *validator) ref(ctx refCtx, path, s string, r Ref, off int, pos Pos) {
+	fail := func(format string, args ...any) { v.refFail(path, s, off, pos, format, args...) }
 	switch r.Scope {
 	case ScopeInputs:
 		if v.inputs[r.Name] == nil {
