@@ -466,3 +466,20 @@ func TestSealNormalizes(t *testing.T) {
 		t.Fatalf("round trip differs:\n%+v\n%+v", back, rec)
 	}
 }
+
+// BenchmarkSeal measures what a store pays per record beside its write:
+// sealing, checking the chain and encoding the line.
+func BenchmarkSeal(b *testing.B) {
+	var c Chain
+	c.Seal(sample()[0])
+	for i := range b.N {
+		last, seq := c.Last, c.Seq
+		rec := c.Seal(Record{Time: t0, Type: TDone, Step: "restart", Host: "gw1", Change: "restarted litellm", Attempt: 1, Outputs: map[string]string{"pid": fmt.Sprint(i)}})
+		if err := CheckNext(last, seq, rec); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := EncodeLine(rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

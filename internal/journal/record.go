@@ -31,6 +31,11 @@ const (
 
 // Record is one journal line. Records are serialised field by field (no
 // secret can be in any of them: outputs and notes are never secret values).
+//
+// A record's hash covers its JSON encoding, and a line must be exactly that
+// encoding to be read (see DecodeLine). So a field added to Record or to a
+// type it holds must be `omitempty` (or a pointer that stays nil): records
+// written before it existed must encode as they did.
 type Record struct {
 	Seq  int64     `json:"seq"`
 	Time time.Time `json:"time"`

@@ -73,8 +73,11 @@ type RunSummary struct {
 	Operator    string
 	Started     time.Time
 	Updated     time.Time // time of the last record
-	Status      string    // journal.Status*; "running" when the journal has no end
-	Records     int
+	// Status is journal.Status*: the end record's status or, for a journal
+	// without an end, "running" while a live process holds the target's
+	// lock for this run and "interrupted" otherwise.
+	Status  string
+	Records int
 }
 
 var (

@@ -194,9 +194,14 @@ func TestJSONBSafe(t *testing.T) {
 	}
 }
 
+// BenchmarkAppend runs against a throwaway lab cluster, which has fsync
+// off; set RUNBOOK_PG_BENCH_URL to measure a durable server instead.
 func BenchmarkAppend(b *testing.B) {
-	pg := labtest.Postgres(b)
-	s, err := Open(context.Background(), pg.URL("postgres"))
+	url := os.Getenv("RUNBOOK_PG_BENCH_URL")
+	if url == "" {
+		url = labtest.Postgres(b).URL("postgres")
+	}
+	s, err := Open(context.Background(), url)
 	if err != nil {
 		b.Fatal(err)
 	}
