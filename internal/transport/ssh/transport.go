@@ -216,10 +216,14 @@ func badProgram(args []string) bool { return strings.HasPrefix(args[0], "-") }
 var notFound = transport.Result{ExitCode: 127}
 
 // session opens a session, reconnecting once when the connection turns out
-// to be gone: no command has been sent yet, so that is safe.
+// to be gone: no command has been sent yet, so that is safe. A server that
+// refuses the channel (sshd's MaxSessions counts sessions it has not yet
+// finished closing) is asked again after a short pause.
 func (t *Transport) session(ctx context.Context) (*ssh.Session, uint64, error) {
 	var lastErr error
-	for attempt := 0; attempt < 2; attempt++ {
+	redials, refusals := 0, 0
+retry:
+	for {
 		c, gen, err := t.connect(ctx)
 		if err != nil {
 			return nil, 0, err
@@ -228,15 +232,24 @@ func (t *Transport) session(ctx context.Context) (*ssh.Session, uint64, error) {
 		if err == nil {
 			return s, gen, nil
 		}
+		lastErr = err
 		var oce *ssh.OpenChannelError
 		if errors.As(err, &oce) {
-			// The server is there and said no (MaxSessions, say).
-			return nil, 0, &transport.ConnError{Host: t.tg.name, Err: fmt.Errorf("open session: %w", err)}
+			refusals++
+			if refusals > 20 {
+				break retry
+			}
+			select {
+			case <-time.After(time.Duration(refusals) * 5 * time.Millisecond):
+				continue retry
+			case <-ctx.Done():
+				break retry
+			}
 		}
-		lastErr = err
 		t.drop(gen)
-		if ctx.Err() != nil {
-			break
+		redials++
+		if redials > 1 || ctx.Err() != nil {
+			break retry
 		}
 	}
 	return nil, 0, &transport.ConnError{Host: t.tg.name, Err: fmt.Errorf("open session: %w", lastErr)}
@@ -276,8 +289,11 @@ func (t *Transport) run(ctx context.Context, line string, stdin *secret.Value, n
 	defer s.Close()
 	var stdout, stderr bytes.Buffer
 	s.Stdout, s.Stderr = &stdout, &stderr
-	if stdin != nil {
-		s.Stdin = strings.NewReader(stdin.Reveal())
+	// Standard input goes through a pipe of our own, so that a command
+	// that exits without reading it is not an I/O error of the session.
+	in, err := s.StdinPipe()
+	if err != nil {
+		return transport.Result{}, fmt.Errorf("run %s on %s: %w", name, t.tg.name, err)
 	}
 	if err := s.Start(line); err != nil {
 		if strings.Contains(err.Error(), "ssh: command ") && strings.HasSuffix(err.Error(), " failed") {
@@ -287,6 +303,12 @@ func (t *Transport) run(ctx context.Context, line string, stdin *secret.Value, n
 		t.drop(gen)
 		return transport.Result{}, &transport.ConnError{Host: t.tg.name, Err: fmt.Errorf("run %s: %w: %v", name, ErrOutcomeUnknown, err)}
 	}
+	go func() {
+		if stdin != nil {
+			_, _ = io.WriteString(in, stdin.Reveal())
+		}
+		in.Close()
+	}()
 	waited := make(chan error, 1)
 	go func() { waited <- s.Wait() }()
 	select {
