@@ -182,8 +182,13 @@ func setInline(data []byte, name string, value, password secret.Value, opts SetO
 		if len(data) > 0 && data[len(data)-1] != '\n' {
 			out.WriteByte('\n')
 		}
-		out.WriteString(name + ": ")
-		writeBlock(&out, vt, 0)
+		// At the mapping's own indentation.
+		indent := 0
+		if doc != nil && len(doc.Content) > 0 && len(doc.Content[0].Content) > 0 {
+			indent = doc.Content[0].Content[0].Column - 1
+		}
+		out.WriteString(strings.Repeat(" ", indent) + name + ": ")
+		writeBlock(&out, vt, indent)
 		return out.Bytes(), nil
 	}
 	if val.Line != key.Line && val.Line > 0 {
