@@ -100,7 +100,7 @@ type SetOptions struct {
 // variable's lines change. A plain value in a plain file becomes an inline
 // vault value.
 func SetVar(data []byte, name string, value, password secret.Value, opts SetOptions) ([]byte, error) {
-	if !validName(name) {
+	if !ValidVarName(name) {
 		return nil, fmt.Errorf("set variable: %q is not a variable name", name)
 	}
 	if IsEncrypted(data) || len(bytes.TrimSpace(data)) == 0 && !opts.Inline {
@@ -111,7 +111,8 @@ func SetVar(data []byte, name string, value, password secret.Value, opts SetOpti
 
 var nameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-func validName(s string) bool { return nameRE.MatchString(s) }
+// ValidVarName reports whether s is a variable name ansible accepts.
+func ValidVarName(s string) bool { return nameRE.MatchString(s) }
 
 func setWhole(data []byte, name string, value, password secret.Value, opts SetOptions) ([]byte, error) {
 	label := opts.Label
