@@ -1,0 +1,231 @@
+package lab
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// RunDir holds the machine-wide allocation files that let several labs run
+// at once: one file per address block in use.
+var RunDir = "/run/runbook-lab"
+
+// Address plan: 198.18.0.0/15 (RFC 2544, benchmarking) is split into
+// blocks of 1024 addresses, one per lab; a lab's gateway k (from 1) has the
+// /30 at offset 4(k-1) in its block, the host side at .1 and the gateway at
+// .2 of that /30.
+const (
+	blockSize   = 1024
+	numBlocks   = 131072 / blockSize
+	MaxGateways = blockSize / 4
+)
+
+var netBase = netip.MustParseAddr("198.18.0.0")
+
+// blockPrefix is the prefix of every namespace and veth name of block i.
+func blockPrefix(i int) string { return "rbl" + strconv.Itoa(i) + "-" }
+
+// gatewayAddrs returns the host-side and gateway addresses of gateway k
+// (from 1) in block i.
+func gatewayAddrs(i, k int) (host, gw netip.Addr) {
+	b := netBase.As4()
+	n := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	n += uint32(i*blockSize + (k-1)*4)
+	at := func(off uint32) netip.Addr {
+		v := n + off
+		return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	}
+	return at(1), at(2)
+}
+
+// allocation is the content of a block's file.
+type allocation struct {
+	Block int    `json:"block"`
+	Dir   string `json:"dir"`
+	// PID is the process that took the block; Owner, when set, is the
+	// process whose end makes the lab disposable (a test binary).
+	PID     int       `json:"pid"`
+	Owner   int       `json:"owner,omitempty"`
+	Created time.Time `json:"created"`
+}
+
+func blockFile(i int) string { return filepath.Join(RunDir, fmt.Sprintf("block-%03d.json", i)) }
+
+func readAllocation(i int) (*allocation, error) {
+	b, err := os.ReadFile(blockFile(i))
+	if err != nil {
+		return nil, err
+	}
+	var a allocation
+	if err := json.Unmarshal(b, &a); err != nil {
+		// A torn write: nobody can own it.
+		return &allocation{Block: i}, nil
+	}
+	return &a, nil
+}
+
+// withAllocLock runs fn holding the machine-wide allocation lock.
+func withAllocLock(fn func() error) error {
+	if err := os.MkdirAll(RunDir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", RunDir, err)
+	}
+	return withFileLock(filepath.Join(RunDir, "alloc.lock"), fn)
+}
+
+// allocateBlock takes a free address block for the lab in dir. A block
+// whose lab is gone (its directory removed, its owner process dead, or
+// never finished by a process that died) is reclaimed: what is left of its
+// lab is torn down first.
+func allocateBlock(dir string, owner int) (int, error) {
+	got := -1
+	err := withAllocLock(func() error {
+		for i := 0; i < numBlocks; i++ {
+			a, err := readAllocation(i)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("read allocation %d: %w", i, err)
+			}
+			if a != nil && a.Dir != dir && !allocationStale(a) {
+				continue
+			}
+			if a != nil {
+				reclaimBlock(a)
+			}
+			na := allocation{Block: i, Dir: dir, PID: os.Getpid(), Owner: owner, Created: time.Now().UTC()}
+			b, _ := json.Marshal(na)
+			tmp := blockFile(i) + ".tmp"
+			if err := os.WriteFile(tmp, b, 0o644); err != nil {
+				return fmt.Errorf("write allocation: %w", err)
+			}
+			if err := os.Rename(tmp, blockFile(i)); err != nil {
+				return fmt.Errorf("write allocation: %w", err)
+			}
+			got = i
+			return nil
+		}
+		return fmt.Errorf("all %d address blocks of 198.18.0.0/15 are in use", numBlocks)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("allocate lab addresses: %w", err)
+	}
+	return got, nil
+}
+
+// allocationStale reports whether the lab that took a block is gone.
+func allocationStale(a *allocation) bool {
+	if a.Dir == "" {
+		return true
+	}
+	if _, err := os.Stat(a.Dir); err != nil {
+		return true
+	}
+	st, err := readState(a.Dir)
+	if err != nil || st.Block != a.Block {
+		// Up has not finished: stale only if the process doing it died.
+		return !alive(a.PID)
+	}
+	if st.Owner != 0 && !alive(st.Owner) {
+		return true
+	}
+	return false
+}
+
+// reclaimBlock tears down what is left of the lab that held a block. The
+// caller holds the allocation lock.
+func reclaimBlock(a *allocation) {
+	if a.Dir != "" {
+		if st, err := readState(a.Dir); err == nil && st.Block == a.Block {
+			st.stopProcesses()
+			_ = os.Remove(filepath.Join(a.Dir, stateFile))
+		}
+	}
+	cleanupPrefix(blockPrefix(a.Block))
+	_ = os.Remove(blockFile(a.Block))
+}
+
+// releaseBlock gives block i back if dir holds it.
+func releaseBlock(i int, dir string) error {
+	return withAllocLock(func() error {
+		a, err := readAllocation(i)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if a.Dir != dir {
+			return nil
+		}
+		if err := os.Remove(blockFile(i)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("release block %d: %w", i, err)
+		}
+		return nil
+	})
+}
+
+// cleanupPrefix removes every network namespace and veth whose name starts
+// with prefix, ending the processes inside the namespaces first.
+func cleanupPrefix(prefix string) []error {
+	var errs []error
+	var nss []string
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			nss = append(nss, e.Name())
+		}
+	}
+	var pids []int
+	for _, ns := range nss {
+		pids = append(pids, netnsPIDs(ns)...)
+	}
+	if err := terminate(3*time.Second, pids...); err != nil {
+		errs = append(errs, err)
+	}
+	for _, ns := range nss {
+		if _, err := run(bgctx(), nil, "ip", "netns", "del", ns); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	links, _ := os.ReadDir("/sys/class/net")
+	for _, l := range links {
+		if strings.HasPrefix(l.Name(), prefix) {
+			if _, err := run(bgctx(), nil, "ip", "link", "del", l.Name()); err != nil {
+				if _, serr := os.Stat(filepath.Join("/sys/class/net", l.Name())); serr == nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	return errs
+}
+
+// netnsPIDs lists the processes whose network namespace is the named one.
+func netnsPIDs(ns string) []int {
+	var target os.FileInfo
+	target, err := os.Stat(filepath.Join("/run/netns", ns))
+	if err != nil {
+		return nil
+	}
+	procs, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		fi, err := os.Stat("/proc/" + p.Name() + "/ns/net")
+		if err != nil {
+			continue
+		}
+		if os.SameFile(fi, target) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}

@@ -1,0 +1,440 @@
+package lab
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	_ "embed"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// SSHDBin is OpenSSH's server.
+var SSHDBin = "/usr/sbin/sshd"
+
+// ErrNoSSHD means OpenSSH's server or a tool the gateway hosts need (ip,
+// unshare, nsenter) is missing, or the caller is not root.
+var ErrNoSSHD = errors.New("gateway hosts cannot run here")
+
+// SudoUser is the non-root login user of the sudo gateway (gw2): it may run
+// any command as root through "sudo -n".
+const SudoUser = "rbops"
+
+// SudoGateway is the name of the gateway whose login user is SudoUser.
+const SudoGateway = "gw2"
+
+//go:embed systemctl.sh
+var systemctlScript string
+
+// Gateway is one gateway host: a network namespace with a veth to the root
+// namespace, its own iptables, an OpenSSH server on port 22 and, in its own
+// mount namespace, /etc/litellm and a systemctl stand-in.
+type Gateway struct {
+	Name        string `json:"name"`
+	Namespace   string `json:"namespace"`
+	Address     string `json:"address"`      // inside the namespace
+	HostAddress string `json:"host_address"` // the root namespace's end of the veth
+	Veth        string `json:"veth"`         // the root namespace's end
+	SSHPort     int    `json:"ssh_port"`
+	User        string `json:"user"` // login user: root, or SudoUser
+	Sudo        bool   `json:"sudo"`
+	// Dir is the gateway's own directory, mounted at /etc/litellm inside
+	// it: config.yaml and litellm.env.
+	Dir string `json:"dir"`
+	// RunDir holds the gateway process's pid file and log.
+	RunDir string `json:"run_dir"`
+	// HostKeyLine is the host key in authorized_keys form.
+	HostKeyLine string `json:"host_key"`
+	SSHDPID     int    `json:"sshd_pid"`
+
+	hostKey ssh.PublicKey
+}
+
+// HostKey is the gateway's ed25519 host key.
+func (g *Gateway) HostKey() ssh.PublicKey {
+	if g.hostKey == nil && g.HostKeyLine != "" {
+		g.hostKey, _, _, _, _ = ssh.ParseAuthorizedKey([]byte(g.HostKeyLine))
+	}
+	return g.hostKey
+}
+
+// SSHAddr is address:port for an SSH client.
+func (g *Gateway) SSHAddr() string { return g.Address + ":" + strconv.Itoa(g.SSHPort) }
+
+// URL is the gateway's LiteLLM base URL.
+func (g *Gateway) URL() string { return "http://" + g.Address + ":4000" }
+
+// ConfigPath and EnvPath are the gateway's files as seen from the root
+// namespace.
+func (g *Gateway) ConfigPath() string { return filepath.Join(g.Dir, "config.yaml") }
+func (g *Gateway) EnvPath() string    { return filepath.Join(g.Dir, "litellm.env") }
+
+// hostsAvailable reports whether gateway hosts can run here, and if not,
+// why.
+func hostsAvailable() error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("%w: network namespaces need root", ErrNoSSHD)
+	}
+	if !isExec(SSHDBin) {
+		return fmt.Errorf("%w: %s not found", ErrNoSSHD, SSHDBin)
+	}
+	for _, tool := range []string{"ip", "unshare", "nsenter", "setsid", "mount"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%w: %s not found", ErrNoSSHD, tool)
+		}
+	}
+	if _, err := user.Lookup("sshd"); err != nil {
+		return fmt.Errorf("%w: user sshd (privilege separation) not found", ErrNoSSHD)
+	}
+	return nil
+}
+
+// clientKey makes the runner's ed25519 key pair in dir: id_ed25519 (OpenSSH
+// format, 0600) and id_ed25519.pub.
+func clientKey(dir string) (ssh.PublicKey, error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate client key: %w", err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "runbook-lab runner")
+	if err != nil {
+		return nil, fmt.Errorf("encode client key: %w", err)
+	}
+	sp, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("encode client key: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "id_ed25519"), pem.EncodeToMemory(block), 0o600); err != nil {
+		return nil, fmt.Errorf("write client key: %w", err)
+	}
+	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp))) + " runbook-lab runner\n"
+	if err := os.WriteFile(filepath.Join(dir, "id_ed25519.pub"), []byte(line), 0o644); err != nil {
+		return nil, fmt.Errorf("write client key: %w", err)
+	}
+	return sp, nil
+}
+
+// hostKeyPair makes an ed25519 host key; it returns the private key in
+// OpenSSH PEM form and the public key.
+func hostKeyPair(comment string) ([]byte, ssh.PublicKey, error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	block, err := ssh.MarshalPrivateKey(priv, comment)
+	if err != nil {
+		return nil, nil, err
+	}
+	sp, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(block), sp, nil
+}
+
+const sshdConfig = `# runbook lab gateway %s: OpenSSH server in its own network namespace.
+Port 22
+ListenAddress 0.0.0.0
+HostKey /etc/ssh/ssh_host_ed25519_key
+PidFile none
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+AuthorizedKeysFile /etc/ssh/lab_authorized_keys
+StrictModes no
+MaxStartups 100:30:200
+MaxSessions 64
+UseDNS no
+PrintMotd no
+PrintLastLog no
+X11Forwarding no
+AcceptEnv LANG LC_*
+Subsystem sftp internal-sftp
+`
+
+// hostFiles writes a gateway's directory: its /etc overlay (sshd
+// configuration, host key, authorized keys, hostname, hosts, and on the
+// sudo gateway the login user and its sudoers drop-in), /etc/litellm's
+// directory and the boot script.
+func (l *Lab) hostFiles(g *Gateway, authorized []byte, hosts []byte, sudo *sudoFiles) error {
+	base := filepath.Dir(g.Dir)
+	upper := filepath.Join(base, "etc-upper")
+	for _, d := range []string{g.Dir, g.RunDir, filepath.Join(base, "etc-work"), filepath.Join(upper, "ssh"), filepath.Join(upper, "litellm")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	// The merged /etc takes its mode from the upper directory.
+	if err := os.Chmod(upper, 0o755); err != nil {
+		return err
+	}
+	if err := os.Chmod(filepath.Join(upper, "ssh"), 0o755); err != nil {
+		return err
+	}
+	priv, pub, err := hostKeyPair("root@" + g.Name)
+	if err != nil {
+		return fmt.Errorf("generate host key: %w", err)
+	}
+	g.hostKey = pub
+	g.HostKeyLine = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub)))
+	files := []struct {
+		path string
+		data []byte
+		mode os.FileMode
+	}{
+		{"ssh/ssh_host_ed25519_key", priv, 0o600},
+		{"ssh/ssh_host_ed25519_key.pub", []byte(g.HostKeyLine + " root@" + g.Name + "\n"), 0o644},
+		{"ssh/sshd_config", []byte(fmt.Sprintf(sshdConfig, g.Name)), 0o644},
+		{"ssh/lab_authorized_keys", authorized, 0o644},
+		{"hostname", []byte(g.Name + "\n"), 0o644},
+		{"hosts", append(append([]byte(nil), hosts...), []byte("127.0.1.1\t"+g.Name+"\n")...), 0o644},
+	}
+	for _, f := range files {
+		if err := os.WriteFile(filepath.Join(upper, f.path), f.data, f.mode); err != nil {
+			return err
+		}
+	}
+	if sudo != nil {
+		if err := sudo.write(upper); err != nil {
+			return fmt.Errorf("sudo user: %w", err)
+		}
+	}
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "#!/bin/sh\n# Boots runbook lab gateway %s inside its network, UTS and mount namespaces.\nset -e\n", g.Name)
+	fmt.Fprintf(&b, "hostname %s\n", shq(g.Name))
+	b.WriteString("echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6 2>/dev/null || true\n")
+	fmt.Fprintf(&b, "mount -t overlay runbook-lab -o %s /etc\n",
+		shq("lowerdir=/etc,upperdir="+upper+",workdir="+filepath.Join(base, "etc-work")))
+	fmt.Fprintf(&b, "mount --bind %s /etc/litellm\n", shq(g.Dir))
+	empty := filepath.Join(l.Dir, "home", "empty")
+	for _, dot := range []string{"/root/.bashrc", "/root/.profile"} {
+		fmt.Fprintf(&b, "if [ -f %[2]s ]; then mount --bind %[1]s %[2]s; fi\n", shq(empty), dot)
+	}
+	fmt.Fprintf(&b, "mount --bind %s /usr/bin/systemctl\n", shq(filepath.Join(l.Dir, "bin", "systemctl")))
+	if sudo != nil {
+		fmt.Fprintf(&b, "mount -t tmpfs -o mode=0755,size=4m runbook-lab-home /home\n")
+		fmt.Fprintf(&b, "mkdir -m 0750 /home/%[1]s\nchown %[1]s:%[1]s /home/%[1]s\n", SudoUser)
+	}
+	fmt.Fprintf(&b, "exec %s -D -e -f /etc/ssh/sshd_config\n", shq(SSHDBin))
+	return os.WriteFile(filepath.Join(base, "boot.sh"), []byte(b.String()), 0o755)
+}
+
+// sudoFiles are the account files of the sudo gateway: copies of this
+// machine's passwd, group and shadow with SudoUser added, so the user
+// exists on that gateway alone.
+type sudoFiles struct {
+	passwd, group, shadow []byte
+	shadowGID             int
+}
+
+func newSudoFiles() (*sudoFiles, error) {
+	passwd, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		return nil, err
+	}
+	group, err := os.ReadFile("/etc/group")
+	if err != nil {
+		return nil, err
+	}
+	shadow, err := os.ReadFile("/etc/shadow")
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat("/etc/shadow")
+	if err != nil {
+		return nil, err
+	}
+	gid := 0
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		gid = int(st.Gid)
+	}
+	used := map[int]bool{}
+	for _, f := range [][]byte{passwd, group} {
+		sc := bufio.NewScanner(bytes.NewReader(f))
+		for sc.Scan() {
+			parts := strings.Split(sc.Text(), ":")
+			if len(parts) > 2 {
+				if parts[0] == SudoUser {
+					// The machine has the user already: keep its files.
+					return &sudoFiles{passwd: passwd, group: group, shadow: shadow, shadowGID: gid}, nil
+				}
+				if n, err := strconv.Atoi(parts[2]); err == nil {
+					used[n] = true
+				}
+			}
+		}
+	}
+	id := 2900
+	for used[id] {
+		id++
+	}
+	sfx := func(b []byte) []byte {
+		if len(b) > 0 && b[len(b)-1] != '\n' {
+			b = append(b, '\n')
+		}
+		return b
+	}
+	s := &sudoFiles{
+		passwd:    append(sfx(passwd), fmt.Sprintf("%s:x:%d:%d:runbook lab operator:/home/%s:/bin/bash\n", SudoUser, id, id, SudoUser)...),
+		group:     append(sfx(group), fmt.Sprintf("%s:x:%d:\n", SudoUser, id)...),
+		shadow:    append(sfx(shadow), fmt.Sprintf("%s:*:20000:0:99999:7:::\n", SudoUser)...),
+		shadowGID: gid,
+	}
+	return s, nil
+}
+
+func (s *sudoFiles) write(upper string) error {
+	for _, f := range []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{{"passwd", s.passwd, 0o644}, {"group", s.group, 0o644}, {"shadow", s.shadow, 0o640}} {
+		p := filepath.Join(upper, f.name)
+		if err := os.WriteFile(p, f.data, f.mode); err != nil {
+			return err
+		}
+		if f.name == "shadow" {
+			if err := os.Chown(p, 0, s.shadowGID); err != nil {
+				return err
+			}
+		}
+	}
+	dropin := filepath.Join(upper, "sudoers.d")
+	if err := os.MkdirAll(dropin, 0o755); err != nil {
+		return err
+	}
+	if err := os.Chmod(dropin, 0o755); err != nil {
+		return err
+	}
+	rule := fmt.Sprintf("# runbook lab: the operator account of %s may run anything as root without a password.\n%s ALL=(ALL:ALL) NOPASSWD: ALL\n", SudoGateway, SudoUser)
+	return os.WriteFile(filepath.Join(dropin, "runbook-lab"), []byte(rule), 0o440)
+}
+
+// setupNetwork creates the namespaces and veths of gws: one ip batch in the
+// root namespace, one per namespace. The host-side routes get quickack, so
+// the runner's side acknowledges sshd's small packets at once instead of
+// stalling on delayed ACKs.
+func setupNetwork(ctx context.Context, gws []*Gateway) error {
+	var root bytes.Buffer
+	for _, g := range gws {
+		fmt.Fprintf(&root, "netns add %s\n", g.Namespace)
+		fmt.Fprintf(&root, "link add %s type veth peer name eth0 netns %s\n", g.Veth, g.Namespace)
+		fmt.Fprintf(&root, "addr add %s/30 dev %s\n", g.HostAddress, g.Veth)
+		fmt.Fprintf(&root, "link set %s up\n", g.Veth)
+		net := hostNet(g.HostAddress)
+		fmt.Fprintf(&root, "route replace %s/30 dev %s proto kernel scope link src %s quickack 1\n", net, g.Veth, g.HostAddress)
+	}
+	if _, err := run(ctx, root.Bytes(), "ip", "-batch", "-"); err != nil {
+		return fmt.Errorf("create namespaces: %w", err)
+	}
+	for _, g := range gws {
+		_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+g.Veth+"/disable_ipv6", []byte("1\n"), 0o644)
+	}
+	errs := parallel(len(gws), func(i int) error {
+		g := gws[i]
+		in := fmt.Sprintf("addr add %s/30 dev eth0\nlink set eth0 up\nlink set lo up\n", g.Address)
+		if _, err := run(ctx, []byte(in), "ip", "-n", g.Namespace, "-batch", "-"); err != nil {
+			return fmt.Errorf("configure namespace %s: %w", g.Namespace, err)
+		}
+		return nil
+	})
+	return errors.Join(errs...)
+}
+
+// hostNet is the /30 network of a host-side address (its .1).
+func hostNet(host string) string {
+	i := strings.LastIndexByte(host, '.')
+	n, _ := strconv.Atoi(host[i+1:])
+	return host[:i+1] + strconv.Itoa(n-1)
+}
+
+// bootHost starts the gateway's sshd through its boot script inside the
+// namespace and waits until it listens on port 22.
+func (l *Lab) bootHost(ctx context.Context, g *Gateway) error {
+	base := filepath.Dir(g.Dir)
+	pid, err := daemon("ip", []string{"netns", "exec", g.Namespace,
+		"unshare", "--uts", "--mount", "--propagation", "private",
+		"/bin/sh", filepath.Join(base, "boot.sh")},
+		minimalEnv(), filepath.Join(base, "sshd.log"))
+	if err != nil {
+		return fmt.Errorf("boot %s: %w", g.Name, err)
+	}
+	g.SSHDPID = pid
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if listensOn(pid, 22) {
+			return nil
+		}
+		if !alive(pid) {
+			return fmt.Errorf("boot %s: sshd exited%s", g.Name, fileTail(filepath.Join(base, "sshd.log")))
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("boot %s: sshd does not listen on port 22%s", g.Name, fileTail(filepath.Join(base, "sshd.log")))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// listensOn reports whether a TCP socket listens on port in the network
+// namespace of process pid (read from /proc/PID/net, so no packet is sent).
+func listensOn(pid, port int) bool {
+	want := fmt.Sprintf(":%04X ", port)
+	for _, f := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		for sc.Scan() {
+			fields := strings.Fields(sc.Text())
+			// sl local_address rem_address st ...
+			if len(fields) > 3 && strings.HasSuffix(fields[1]+" ", want) && fields[3] == "0A" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// systemctlInGateway runs the systemctl stand-in inside gateway g's
+// namespaces (the namespaces of its sshd), as a command over SSH would.
+func systemctlInGateway(ctx context.Context, g *Gateway, args ...string) ([]byte, error) {
+	argv := append([]string{"--target", strconv.Itoa(g.SSHDPID), "--net", "--mount", "--uts",
+		"/usr/bin/systemctl"}, args...)
+	return run(ctx, nil, "nsenter", argv...)
+}
+
+// parallel runs fn(0..n-1) at once and returns the errors.
+func parallel(n int, fn func(i int) error) []error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errs[i] = fn(i)
+		}(i)
+	}
+	wg.Wait()
+	return errs
+}
+
+// shq quotes s for a POSIX shell.
+func shq(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
