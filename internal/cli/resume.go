@@ -52,14 +52,22 @@ func (g *globals) runResume(ctx context.Context, runID string) error {
 		return err
 	}
 	_, st, err := g.loadRun(ctx, store, runID)
-	store.Close()
 	if err != nil {
+		store.Close()
 		return err
 	}
 	if st.End != nil && st.End.Status == journal.StatusSucceeded {
-		fmt.Fprintf(g.stdout, "run %s succeeded; there is nothing to resume\n", runID)
+		// The runner may have died between its end record and the incident
+		// record: write the record again (it is rebuilt from the journal).
+		paths, err := g.writeRecord(ctx, store, runID)
+		store.Close()
+		if err != nil {
+			return withCode(ExitInternal, err)
+		}
+		fmt.Fprintf(g.stdout, "run %s succeeded; there is nothing to resume\nrecord: %s\n", runID, paths[1])
 		return nil
 	}
+	store.Close()
 	h := st.Header
 	reg := all.Registry()
 	rb, err := runbook.LoadFile(h.RunbookFile)

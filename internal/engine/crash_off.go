@@ -6,6 +6,9 @@ package engine
 // "crashpoints" (see crash_on.go).
 func crashPoint(int64) {}
 
+// crashAfterApply is a no-op outside the crashpoints test build.
+func crashAfterApply() {}
+
 // CrashPointsEnabled reports whether this binary was built with the
 // test-only crash hook.
 const CrashPointsEnabled = false

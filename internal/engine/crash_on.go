@@ -5,6 +5,7 @@ package engine
 import (
 	"os"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -20,6 +21,21 @@ var crashAfter, _ = strconv.ParseInt(os.Getenv("RUNBOOK_TEST_CRASH_AFTER"), 10, 
 
 func crashPoint(written int64) {
 	if crashAfter > 0 && written == crashAfter {
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+}
+
+// RUNBOOK_TEST_CRASH_AFTER_APPLY=N kills the process right after the Nth
+// Apply returns, before its outcome is journaled: the side effect happened
+// and the journal only holds its intent.
+var (
+	crashAfterApplyN, _ = strconv.ParseInt(os.Getenv("RUNBOOK_TEST_CRASH_AFTER_APPLY"), 10, 64)
+	applies             atomic.Int64
+)
+
+func crashAfterApply() {
+	if crashAfterApplyN > 0 && applies.Add(1) == crashAfterApplyN {
 		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {}
 	}

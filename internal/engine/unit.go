@@ -183,6 +183,7 @@ func (e *engine) runUnit(ctx context.Context, s *runbook.Step, spec *step.Spec, 
 		}
 		var err error
 		out, err = st.Apply(ctx, env)
+		crashAfterApply()
 		return err
 	})
 	if err == nil {
