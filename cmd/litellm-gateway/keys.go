@@ -140,7 +140,7 @@ func (s *server) keyGenerate(w http.ResponseWriter, r *http.Request, c *caller) 
 		s.dbError(w, "generate key", err)
 		return
 	}
-	s.log.Info("generated key", "key_name", keyName, "key_alias", deref(req.KeyAlias), "team_id", deref(req.TeamID))
+	s.log.Info("generated key", "token", secret.Fingerprint(raw.Reveal()), "key_alias", deref(req.KeyAlias), "team_id", deref(req.TeamID))
 	writeJSON(w, http.StatusOK, map[string]any{
 		"key":        raw.Reveal(), // returned once, as LiteLLM does
 		"token":      hash,
