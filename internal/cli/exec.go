@@ -13,15 +13,17 @@ import (
 
 type execOptions struct {
 	planOptions
-	dryRun bool
-	yes    bool
-	drill  bool
+	dryRun            bool
+	yes               bool
+	drill             bool
+	acceptNewHostKeys bool
 }
 
 func (o *execOptions) AddFlags(cmd *cobra.Command) {
 	o.planOptions.AddFlags(cmd)
 	cmd.Flags().BoolVar(&o.dryRun, "dry-run", false, "only plan: observe and report what would change (same as 'runbook plan')")
 	cmd.Flags().BoolVarP(&o.yes, "yes", "y", false, "run without showing the plan and asking first")
+	cmd.Flags().BoolVar(&o.acceptNewHostKeys, "accept-new-host-keys", false, "accept and journal the keys of hosts that known_hosts does not list (a changed key is never accepted)")
 }
 
 func newExecCommand(g *globals) *cobra.Command {
@@ -76,5 +78,5 @@ func (g *globals) runExec(ctx context.Context, name string, o *execOptions) erro
 			return withCode(ExitUsage, fmt.Errorf("not confirmed; nothing was changed"))
 		}
 	}
-	return g.execute(ctx, runRequest{l: l, inputs: inputs, reason: o.reason, drill: o.drill})
+	return g.execute(ctx, runRequest{l: l, inputs: inputs, reason: o.reason, drill: o.drill, acceptNewHostKeys: o.acceptNewHostKeys})
 }

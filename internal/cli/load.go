@@ -2,15 +2,12 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/user"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/runbook-dev/runbook/internal/inventory"
@@ -20,8 +17,6 @@ import (
 	statepg "github.com/runbook-dev/runbook/internal/state/pg"
 	"github.com/runbook-dev/runbook/internal/step"
 	"github.com/runbook-dev/runbook/internal/step/all"
-	"github.com/runbook-dev/runbook/internal/transport"
-	"github.com/runbook-dev/runbook/internal/transport/local"
 )
 
 // runbookPath turns a runbook name into its file: a path is used as it is,
@@ -203,57 +198,4 @@ func newRunID(now time.Time) string {
 		f.Close()
 	}
 	return fmt.Sprintf("%s-%02x%02x", now.UTC().Format("20060102-150405"), b[0], b[1])
-}
-
-// transports opens one transport per host per run and reuses it.
-type transports struct {
-	mu    sync.Mutex
-	inv   *inventory.Inventory
-	cache map[string]transport.Transport
-}
-
-func newTransports(inv *inventory.Inventory) *transports {
-	return &transports{inv: inv, cache: map[string]transport.Transport{}}
-}
-
-// For implements engine.Transports.
-func (t *transports) For(ctx context.Context, h *inventory.Host) (transport.Transport, error) {
-	key := ""
-	if h != nil {
-		key = h.Name
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if tr, ok := t.cache[key]; ok {
-		return tr, nil
-	}
-	var tr transport.Transport
-	switch {
-	case h == nil:
-		tr = local.New("localhost")
-	case h.Transport == "local":
-		l := local.New(h.Name)
-		l.Sudo = h.Sudo
-		tr = l
-	default:
-		return nil, fmt.Errorf("host %s: the ssh transport is not available in this build", h.Name)
-	}
-	t.cache[key] = tr
-	return tr, nil
-}
-
-// Close closes every transport opened.
-func (t *transports) Close() error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	var errs []error
-	keys := make([]string, 0, len(t.cache))
-	for k := range t.cache {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		errs = append(errs, t.cache[k].Close())
-	}
-	return errors.Join(errs...)
 }

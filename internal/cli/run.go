@@ -17,18 +17,14 @@ import (
 	"github.com/runbook-dev/runbook/internal/state"
 )
 
-// deps are the shared clients step kinds may ask for. They are built lazily
-// so that a runbook that needs no Vault never touches one.
-type deps struct{}
-
 // plan runs every step's observation and nothing else. It writes nothing:
 // no lock, no journal, no record.
 func (g *globals) plan(ctx context.Context, l *loaded, inputs map[string]string, masker *secret.Masker, progress engine.Progress) (*engine.Result, error) {
-	tr := newTransports(l.inv)
-	defer tr.Close()
+	d := newDeps(l.inv, masker, nil, g.stdin, false)
+	defer d.Close()
 	return engine.Run(ctx, engine.Options{
 		Runbook: l.rb, Inventory: l.inv, Registry: l.reg, Inputs: inputs,
-		RunID: "plan", DryRun: true, Transports: tr, Deps: &deps{},
+		RunID: "plan", DryRun: true, Transports: d, Deps: d,
 		Secrets: masker, Progress: progress, Parallel: g.parallel,
 	})
 }
@@ -39,6 +35,9 @@ type runRequest struct {
 	inputs map[string]string
 	reason string
 	drill  bool
+	// acceptNewHostKeys accepts (and journals) keys of hosts known_hosts
+	// does not list; a changed key is never accepted.
+	acceptNewHostKeys bool
 	// For a resume: the run's id and what its journal holds.
 	runID  string
 	replay *journal.State
@@ -115,11 +114,11 @@ func (g *globals) execute(ctx context.Context, req runRequest) (err error) {
 		}
 	}()
 
-	tr := newTransports(req.l.inv)
-	defer tr.Close()
+	d := newDeps(req.l.inv, masker, jr, g.stdin, req.acceptNewHostKeys)
+	defer d.Close()
 	res, runErr := engine.Run(runCtx, engine.Options{
 		Runbook: req.l.rb, Inventory: req.l.inv, Registry: req.l.reg, Inputs: req.inputs,
-		RunID: runID, Transports: tr, Deps: &deps{}, Secrets: masker, Progress: p,
+		RunID: runID, Transports: d, Deps: d, Secrets: masker, Progress: p,
 		Journal: jr, Replay: req.replay, Interrupt: interrupt, Parallel: g.parallel,
 	})
 
