@@ -191,7 +191,15 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			// it too. net/http must not follow any on its own.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		Timeout:      timeout,
+		Timeout: timeout,
+		// A refusal by the guard is final; anything else follows Vault's
+		// own policy (connection errors, 5xx, 412).
+		CheckRetry: func(ctx context.Context, resp *http.Response, err error) (bool, error) {
+			if errors.Is(err, ErrAddressNotAllowed) {
+				return false, err
+			}
+			return api.DefaultRetryPolicy(ctx, resp, err)
+		},
 		MaxRetries:   2,
 		MinRetryWait: 200 * time.Millisecond,
 		MaxRetryWait: time.Second,
