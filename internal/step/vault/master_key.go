@@ -50,6 +50,10 @@ var (
 	_ step.Verifier = (*MasterKey)(nil)
 )
 
+// testHookBeforeWrite lets a test slip a concurrent writer in between the
+// observation and the write.
+var testHookBeforeWrite func()
+
 // scanBack bounds how many versions back a run looks for its own write.
 const scanBack = 10
 
@@ -351,6 +355,9 @@ func (m *MasterKey) write(ctx context.Context, env *step.Env, c *vault.Client, s
 			vault.FieldState:           vault.StatePending,
 			vault.FieldPreviousVersion: prev,
 		},
+	}
+	if testHookBeforeWrite != nil {
+		testHookBeforeWrite()
 	}
 	v, err := c.Write(ctx, m.Path, data, cas)
 	var ce *vault.CASError
