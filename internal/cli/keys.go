@@ -154,6 +154,27 @@ func (g *globals) runKeysIssue(ctx context.Context, o *keysIssueOptions) error {
 		return fmt.Errorf("read the master key: %s version %d has no field key", vc.Display(masterPath), master.Version)
 	}
 
+	mask := &secret.Masker{}
+	mask.Add(mk)
+	gc := &gatewayClient{base: gw, master: mk, mask: mask, http: &http.Client{
+		Timeout:   o.timeout,
+		Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 10 * time.Second}).DialContext},
+		// Never follow a redirect with the master key.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}
+
+	// A client whose current key the gateway still knows keeps it: issue
+	// makes keys, it does not replace live ones.
+	if cur, err := vc.ReadCurrent(ctx, storePath); err == nil && !cur.Secret("key").IsZero() {
+		if live, _ := gc.known(ctx, cur.Secret("key")); live {
+			return withCode(ExitUsage, fmt.Errorf("%s already has a live key (%s, %s version %d); nothing changed",
+				o.alias, cur.Secret("key").Fingerprint(), vc.Display(storePath), cur.Version),
+				"delete it at the gateway first (POST /key/delete), or choose another alias")
+		}
+	} else if err != nil && !errors.Is(err, vault.ErrNotFound) && !errors.Is(err, vault.ErrNoCurrent) && !errors.Is(err, vault.ErrDeleted) {
+		return fmt.Errorf("read %s: %w", vc.Display(storePath), err)
+	}
+
 	// The key is made here and written to Vault first, pending: if the
 	// gateway call fails, it is not lost, and the next issue reuses it.
 	res := issued{Alias: o.alias, VaultPath: vc.Display(storePath)}
@@ -161,17 +182,10 @@ func (g *globals) runKeysIssue(ctx context.Context, o *keysIssueOptions) error {
 	if err != nil {
 		return err
 	}
+	mask.Add(key)
 	res.Version, res.Reused = version, reused
 	res.Fingerprint = key.Fingerprint()
 
-	mask := &secret.Masker{}
-	mask.Add(mk, key)
-	gc := &gatewayClient{base: gw, master: mk, mask: mask, http: &http.Client{
-		Timeout:   o.timeout,
-		Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 10 * time.Second}).DialContext},
-		// Never follow a redirect with the master key.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}}
 	expires, err := gc.generate(ctx, key, o)
 	if err != nil {
 		return fmt.Errorf("issue key for %s (pending in %s version %d, fingerprint %s; run issue again to retry with it): %w",
@@ -362,6 +376,16 @@ func (c *gatewayClient) generate(ctx context.Context, key secret.Value, o *keysI
 		return "", nil
 	}
 	return "", fmt.Errorf("gateway /key/generate: http %d: %s", code, c.mask.MaskString(msg))
+}
+
+// known reports whether the gateway holds key.
+func (c *gatewayClient) known(ctx context.Context, key secret.Value) (bool, error) {
+	var info map[string]any
+	code, _, err := c.do(ctx, http.MethodGet, "/key/info?key="+url.QueryEscape(litellm.HashToken(key.Reveal())), nil, &info)
+	if err != nil {
+		return false, err
+	}
+	return code == http.StatusOK, nil
 }
 
 // do sends a request with the master key and decodes a 200 answer into
