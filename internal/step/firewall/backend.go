@@ -2,7 +2,6 @@ package firewall
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -16,21 +15,43 @@ import (
 	"github.com/runbook-dev/runbook/internal/transport/ssh"
 )
 
-// backend applies the rule model on one host.
+// op is one iptables operation of a program the kinds build: -S lists a
+// chain, -C checks a rule, -I inserts it at position 1, -D deletes it.
+// OnlyIf and Unless (1-based positions of earlier ops) make an op run only
+// when that op succeeded, or only when it did not; as in ssh.Cmd.
+type op struct {
+	Op     string
+	Rule   Rule // for -S, Family and Chain
+	OnlyIf int
+	Unless int
+}
+
+func (o op) args() []string {
+	if o.Op == "-S" {
+		return []string{binary(o.Rule.Family), "-w", "-S", o.Rule.Chain}
+	}
+	if o.Op == "-I" {
+		return o.Rule.Args("-I", 1)
+	}
+	return o.Rule.Args(o.Op)
+}
+
+// opResult is what became of an op.
+type opResult struct {
+	Ran bool
+	// OK is success: for -C, the rule exists.
+	OK bool
+	// Out is the listing of -S.
+	Out string
+}
+
+// backend runs programs of ops on one host.
 type backend interface {
-	// observe reports whether each rule exists (iptables -C), and the
-	// server port of the runner's SSH connection to the host (0: none
-	// known). It changes nothing.
-	observe(ctx context.Context, rules []Rule) (exists []bool, sshPort int, err error)
-	// ensure makes every set's rules present, each checked with -C before
-	// it is inserted at the top of its chain, the DROP rule below its
-	// ACCEPT exemptions. It returns how many rules it inserted.
-	ensure(ctx context.Context, sets []ruleSet) (int, error)
-	// list returns `iptables -S chain` of each family.
-	list(ctx context.Context, families []string, chain string) (map[string]string, error)
-	// remove deletes each rule that exists (checked with -C); it returns
-	// how many it deleted.
-	remove(ctx context.Context, rules []Rule) (int, error)
+	// exec runs ops in order and, with sshPort, also reports the server
+	// port of the runner's SSH connection to the host (0: none known). A
+	// -C that finds no rule is not an error; any other failure is, and
+	// stops the program there.
+	exec(ctx context.Context, ops []op, sshPort bool) ([]opResult, int, error)
 }
 
 // backendFor picks the backend for a transport: go-iptables on the local
@@ -43,19 +64,11 @@ func backendFor(tr transport.Transport, mask *secret.Masker) backend {
 	return &cmdBackend{tr: tr, mask: mask}
 }
 
-// cmdBackend runs iptables argument lists through a transport, each
-// operation's commands in one batch (one SSH session).
+// cmdBackend runs a program as one batch through the transport: one SSH
+// session, whatever its length.
 type cmdBackend struct {
 	tr   transport.Transport
 	mask *secret.Masker
-}
-
-func ipt(args []string) ssh.Cmd {
-	return ssh.Cmd{Command: transport.Command{Args: args, Sudo: true}}
-}
-
-func (b *cmdBackend) fail(what string, args []string, r transport.Result) error {
-	return fmt.Errorf("%s: %w", what, &transport.ExitError{Host: b.tr.Host(), Cmd: transport.Join(args), Code: r.ExitCode, Stderr: b.mask.MaskString(string(r.Stderr))})
 }
 
 // absent tells a -C that found no rule (exit 1 with iptables' "Bad rule")
@@ -64,147 +77,53 @@ func absent(r transport.Result) bool {
 	return r.ExitCode == 1 && strings.Contains(string(r.Stderr), "does a matching rule exist")
 }
 
-func (b *cmdBackend) checked(r Rule, o ssh.Outcome) (bool, error) {
-	switch {
-	case o.ExitCode == 0:
-		return true, nil
-	case absent(o.Result):
-		return false, nil
-	}
-	return false, b.fail("check rule", r.Args("-C"), o.Result)
-}
-
-func (b *cmdBackend) observe(ctx context.Context, rules []Rule) ([]bool, int, error) {
-	cmds := []ssh.Cmd{{Command: transport.Command{Args: []string{"printenv", "SSH_CONNECTION"}}}}
-	for _, r := range rules {
-		cmds = append(cmds, ipt(r.Args("-C")))
-	}
-	out, err := ssh.RunBatch(ctx, b.tr, cmds)
-	if err != nil {
-		return nil, 0, fmt.Errorf("check rules: %w", err)
-	}
-	port := sshServerPort(string(out[0].Stdout))
-	exists := make([]bool, len(rules))
-	for i, r := range rules {
-		if exists[i], err = b.checked(r, out[i+1]); err != nil {
-			return nil, port, err
-		}
-	}
-	return exists, port, nil
-}
-
-// ensure builds, per family, one batch:
-//
-//	1  -C DROP
-//	   for each ACCEPT:  -C ACCEPT; -D ACCEPT (only if it exists and DROP did not)
-//	   -I DROP 1 (unless 1)
-//	   for each ACCEPT:  -C ACCEPT; -I ACCEPT 1 (unless that -C)
-//
-// so a DROP inserted under existing exemptions ends up below them.
-func (b *cmdBackend) ensure(ctx context.Context, sets []ruleSet) (int, error) {
+func (b *cmdBackend) exec(ctx context.Context, ops []op, sshPort bool) ([]opResult, int, error) {
 	var cmds []ssh.Cmd
-	type ins struct {
-		pos  int // 0-based index of the -I in cmds
-		rule Rule
-		op   string
+	shift := 0
+	if sshPort {
+		cmds = append(cmds, ssh.Cmd{Command: transport.Command{Args: []string{"printenv", "SSH_CONNECTION"}}})
+		shift = 1
 	}
-	var acts []ins
-	add := func(c ssh.Cmd) int { cmds = append(cmds, c); return len(cmds) } // 1-based
-	for _, s := range sets {
-		cDrop := add(ipt(s.Drop.Args("-C")))
-		for _, a := range s.Accepts {
-			c := add(ipt(a.Args("-C")))
-			d := ipt(a.Args("-D"))
-			d.OnlyIf, d.Unless = c, cDrop
-			acts = append(acts, ins{add(d) - 1, a, "-D"})
+	for _, o := range ops {
+		c := ssh.Cmd{Command: transport.Command{Args: o.args(), Sudo: true}}
+		if o.OnlyIf > 0 {
+			c.OnlyIf = o.OnlyIf + shift
 		}
-		i := ipt(s.Drop.Args("-I", 1))
-		i.Unless = cDrop
-		acts = append(acts, ins{add(i) - 1, s.Drop, "-I"})
-		for _, a := range s.Accepts {
-			c := add(ipt(a.Args("-C")))
-			i := ipt(a.Args("-I", 1))
-			i.Unless = c
-			acts = append(acts, ins{add(i) - 1, a, "-I"})
+		if o.Unless > 0 {
+			c.Unless = o.Unless + shift
 		}
+		cmds = append(cmds, c)
 	}
 	out, err := ssh.RunBatch(ctx, b.tr, cmds)
 	if err != nil {
-		return 0, fmt.Errorf("insert rules: %w", err)
+		return nil, 0, fmt.Errorf("iptables: %w", err)
 	}
-	n := 0
-	for _, a := range acts {
-		o := out[a.pos]
-		if o.Skipped {
+	port := 0
+	if sshPort {
+		port = sshServerPort(string(out[0].Stdout))
+		out = out[1:]
+	}
+	res := make([]opResult, len(ops))
+	for i, o := range ops {
+		r := out[i]
+		if r.Skipped {
 			continue
 		}
-		if o.ExitCode != 0 {
-			return n, b.fail("insert rule", cmds[a.pos].Args, o.Result)
-		}
-		if a.op == "-I" {
-			n++
-		}
-	}
-	// A -C that failed for another reason than a missing rule left its -I
-	// to run; that -I's own result is reported above. Report the -C too.
-	for i, c := range cmds {
-		if len(c.Args) > 2 && c.Args[2] == "-C" && out[i].ExitCode != 0 && !out[i].Skipped && !absent(out[i].Result) {
-			return n, b.fail("check rule", c.Args, out[i].Result)
+		res[i].Ran = true
+		switch {
+		case r.ExitCode == 0:
+			res[i].OK = true
+			res[i].Out = string(r.Stdout)
+		case o.Op == "-C" && absent(r.Result):
+		default:
+			return res, port, &transport.ExitError{Host: b.tr.Host(), Cmd: transport.Join(o.args()), Code: r.ExitCode, Stderr: b.mask.MaskString(string(r.Stderr))}
 		}
 	}
-	return n, nil
+	return res, port, nil
 }
 
-func (b *cmdBackend) list(ctx context.Context, families []string, chain string) (map[string]string, error) {
-	var cmds []ssh.Cmd
-	for _, f := range families {
-		cmds = append(cmds, ipt([]string{binary(f), "-w", "-S", chain}))
-	}
-	out, err := ssh.RunBatch(ctx, b.tr, cmds)
-	if err != nil {
-		return nil, fmt.Errorf("list rules: %w", err)
-	}
-	res := map[string]string{}
-	for i, f := range families {
-		if out[i].ExitCode != 0 {
-			return nil, b.fail("list rules", cmds[i].Args, out[i].Result)
-		}
-		res[f] = string(out[i].Stdout)
-	}
-	return res, nil
-}
-
-func (b *cmdBackend) remove(ctx context.Context, rules []Rule) (int, error) {
-	var cmds []ssh.Cmd
-	for _, r := range rules {
-		c := len(cmds) + 1
-		cmds = append(cmds, ipt(r.Args("-C")))
-		d := ipt(r.Args("-D"))
-		d.OnlyIf = c
-		cmds = append(cmds, d)
-	}
-	out, err := ssh.RunBatch(ctx, b.tr, cmds)
-	if err != nil {
-		return 0, fmt.Errorf("delete rules: %w", err)
-	}
-	n := 0
-	for i, r := range rules {
-		c, d := out[2*i], out[2*i+1]
-		if _, err := b.checked(r, c); err != nil {
-			return n, err
-		}
-		if d.Skipped {
-			continue
-		}
-		if d.ExitCode != 0 {
-			return n, b.fail("delete rule", r.Args("-D"), d.Result)
-		}
-		n++
-	}
-	return n, nil
-}
-
-// goBackend uses github.com/coreos/go-iptables on this machine.
+// goBackend runs a program through github.com/coreos/go-iptables on this
+// machine.
 type goBackend struct {
 	host string
 }
@@ -227,126 +146,46 @@ func (b *goBackend) ipt(family string) (*iptables.IPTables, error) {
 	return ipts[i], nil
 }
 
-func (b *goBackend) exists(r Rule) (bool, error) {
-	t, err := b.ipt(r.Family)
-	if err != nil {
-		return false, err
+func (b *goBackend) exec(ctx context.Context, ops []op, sshPort bool) ([]opResult, int, error) {
+	port := 0
+	if sshPort {
+		port = sshServerPort(os.Getenv("SSH_CONNECTION"))
 	}
-	ok, err := t.Exists("filter", r.Chain, r.Spec...)
-	if err != nil {
-		return false, fmt.Errorf("check rule on %s: %w", b.host, err)
-	}
-	return ok, nil
-}
-
-func (b *goBackend) observe(ctx context.Context, rules []Rule) ([]bool, int, error) {
-	exists := make([]bool, len(rules))
-	for i, r := range rules {
-		if err := ctx.Err(); err != nil {
-			return nil, 0, err
-		}
-		var err error
-		if exists[i], err = b.exists(r); err != nil {
-			return nil, 0, err
-		}
-	}
-	return exists, sshServerPort(os.Getenv("SSH_CONNECTION")), nil
-}
-
-func (b *goBackend) op(r Rule, op string) error {
-	t, err := b.ipt(r.Family)
-	if err != nil {
-		return err
-	}
-	switch op {
-	case "-I":
-		err = t.Insert("filter", r.Chain, 1, r.Spec...)
-	case "-D":
-		err = t.Delete("filter", r.Chain, r.Spec...)
-	}
-	if err != nil {
-		return fmt.Errorf("%s rule on %s: %w", map[string]string{"-I": "insert", "-D": "delete"}[op], b.host, err)
-	}
-	return nil
-}
-
-func (b *goBackend) ensure(ctx context.Context, sets []ruleSet) (int, error) {
-	n := 0
-	for _, s := range sets {
-		if err := ctx.Err(); err != nil {
-			return n, err
-		}
-		dropThere, err := b.exists(s.Drop)
-		if err != nil {
-			return n, err
-		}
-		if !dropThere {
-			for _, a := range s.Accepts {
-				there, err := b.exists(a)
-				if err != nil {
-					return n, err
-				}
-				if there {
-					if err := b.op(a, "-D"); err != nil {
-						return n, err
-					}
-				}
-			}
-			if err := b.op(s.Drop, "-I"); err != nil {
-				return n, err
-			}
-			n++
-		}
-		for _, a := range s.Accepts {
-			there, err := b.exists(a)
-			if err != nil {
-				return n, err
-			}
-			if !there {
-				if err := b.op(a, "-I"); err != nil {
-					return n, err
-				}
-				n++
-			}
-		}
-	}
-	return n, nil
-}
-
-func (b *goBackend) list(ctx context.Context, families []string, chain string) (map[string]string, error) {
-	res := map[string]string{}
-	for _, f := range families {
-		t, err := b.ipt(f)
-		if err != nil {
-			return nil, err
-		}
-		lines, err := t.List("filter", chain)
-		if err != nil {
-			return nil, fmt.Errorf("list rules on %s: %w", b.host, err)
-		}
-		res[f] = strings.Join(lines, "\n")
-	}
-	return res, nil
-}
-
-func (b *goBackend) remove(ctx context.Context, rules []Rule) (int, error) {
-	n := 0
-	for _, r := range rules {
-		there, err := b.exists(r)
-		if err != nil {
-			return n, err
-		}
-		if !there {
+	res := make([]opResult, len(ops))
+	for i, o := range ops {
+		if o.OnlyIf > 0 && !res[o.OnlyIf-1].OK || o.Unless > 0 && res[o.Unless-1].OK {
 			continue
 		}
-		if err := b.op(r, "-D"); err != nil {
-			var ie *iptables.Error
-			if errors.As(err, &ie) && ie.IsNotExist() {
-				continue
-			}
-			return n, err
+		if err := ctx.Err(); err != nil {
+			return res, port, err
 		}
-		n++
+		t, err := b.ipt(o.Rule.Family)
+		if err != nil {
+			return res, port, err
+		}
+		res[i].Ran = true
+		switch o.Op {
+		case "-S":
+			var lines []string
+			lines, err = t.List("filter", o.Rule.Chain)
+			res[i].Out = strings.Join(lines, "\n")
+		case "-C":
+			res[i].OK, err = t.Exists("filter", o.Rule.Chain, o.Rule.Spec...)
+			if err != nil {
+				return res, port, fmt.Errorf("%s on %s: %w", transport.Join(o.args()), b.host, err)
+			}
+			continue
+		case "-I":
+			err = t.Insert("filter", o.Rule.Chain, 1, o.Rule.Spec...)
+		case "-D":
+			err = t.Delete("filter", o.Rule.Chain, o.Rule.Spec...)
+		default:
+			err = fmt.Errorf("unknown operation %s", o.Op)
+		}
+		if err != nil {
+			return res, port, fmt.Errorf("%s on %s: %w", transport.Join(o.args()), b.host, err)
+		}
+		res[i].OK = true
 	}
-	return n, nil
+	return res, port, nil
 }

@@ -65,7 +65,8 @@ type Drop struct {
 	Sources  []netip.Prefix
 	Tag      string // "" means the step id
 
-	sshPort int // seen by Check
+	sshPort int               // seen by Check
+	found   map[string]string // by Check: wanted rule -> the comment it exists under
 }
 
 var _ step.Step = (*Drop)(nil)
@@ -186,17 +187,22 @@ func (d *Drop) describe(missing int, comment string) string {
 	return s + fmt.Sprintf(" (%d rules to insert)", missing)
 }
 
-// Check implements step.Step.
+// Check implements step.Step. It lists the chain of each family (one
+// session with the SSH port check); when rules with the step's tag are
+// there, from this run or an earlier one, it asks iptables -C whether each
+// wanted rule is among them (a second session). A rule an earlier run
+// inserted counts as present: a second run changes nothing.
 func (d *Drop) Check(ctx context.Context, env *step.Env) (step.Observation, error) {
 	sets, comment, err := d.sets(env)
 	if err != nil {
 		return step.Observation{}, err
 	}
-	var rules []Rule
-	for _, s := range sets {
-		rules = append(rules, s.all()...)
+	b := backendFor(env.Transport, env.Secrets)
+	var list []op
+	for _, f := range d.Families {
+		list = append(list, op{Op: "-S", Rule: Rule{Family: f, Chain: d.Chain}})
 	}
-	exists, sshPort, err := backendFor(env.Transport, env.Secrets).observe(ctx, rules)
+	res, sshPort, err := b.exec(ctx, list, true)
 	if err != nil {
 		return step.Observation{}, err
 	}
@@ -204,12 +210,42 @@ func (d *Drop) Check(ctx context.Context, env *step.Env) (step.Observation, erro
 	if err := d.refuseSSH(env.Transport, sshPort); err != nil {
 		return step.Observation{}, err
 	}
-	missing := 0
-	for _, e := range exists {
-		if !e {
-			missing++
+	tag := d.tag(env)
+	var comments []string
+	seen := map[string]bool{}
+	for i, f := range d.Families {
+		for _, r := range parseListing(f, d.Chain, res[i].Out) {
+			if c := Comment(r.Run, r.Tag); r.Tag == tag && !seen[c] {
+				seen[c] = true
+				comments = append(comments, c)
+			}
 		}
 	}
+	var rules []Rule
+	for _, s := range sets {
+		rules = append(rules, s.all()...)
+	}
+	d.found = map[string]string{}
+	if len(comments) > 0 {
+		var checks []op
+		for _, r := range rules {
+			for _, c := range comments {
+				checks = append(checks, op{Op: "-C", Rule: withComment(r, c)})
+			}
+		}
+		res, _, err := b.exec(ctx, checks, false)
+		if err != nil {
+			return step.Observation{}, err
+		}
+		for i, r := range rules {
+			for j, c := range comments {
+				if res[i*len(comments)+j].OK && d.found[r.String()] == "" {
+					d.found[r.String()] = c
+				}
+			}
+		}
+	}
+	missing := len(rules) - len(d.found)
 	obs := step.Observation{Outputs: step.Outputs{"comment": comment, "rules": strconv.Itoa(len(rules))}}
 	if missing > 0 {
 		obs.Change = d.describe(missing, comment)
@@ -217,7 +253,10 @@ func (d *Drop) Check(ctx context.Context, env *step.Env) (step.Observation, erro
 	return obs, nil
 }
 
-// Apply implements step.Step.
+// Apply implements step.Step. It inserts, in one session, the rules Check
+// found missing, each after an iptables -C of its own: never a duplicate.
+// A DROP goes in under its exemptions; exemptions already there without
+// their DROP are moved above it.
 func (d *Drop) Apply(ctx context.Context, env *step.Env) (step.Outputs, error) {
 	if err := d.refuseSSH(env.Transport, d.sshPort); err != nil {
 		return nil, err
@@ -226,12 +265,51 @@ func (d *Drop) Apply(ctx context.Context, env *step.Env) (step.Outputs, error) {
 	if err != nil {
 		return nil, err
 	}
+	found := d.found
+	var ops []op
+	add := func(o op) int { ops = append(ops, o); return len(ops) }
+	insert := func(r Rule) {
+		c := add(op{Op: "-C", Rule: r})
+		add(op{Op: "-I", Rule: r, Unless: c})
+	}
 	n := 0
 	for _, s := range sets {
 		n += len(s.all())
+		if found[s.Drop.String()] != "" {
+			for _, a := range s.Accepts {
+				if found[a.String()] == "" {
+					insert(a)
+				}
+			}
+			continue
+		}
+		for _, a := range s.Accepts {
+			if k := found[a.String()]; k != "" {
+				old := withComment(a, k)
+				c := add(op{Op: "-C", Rule: old})
+				add(op{Op: "-D", Rule: old, OnlyIf: c})
+			}
+		}
+		insert(s.Drop)
+		for _, a := range s.Accepts {
+			insert(a)
+		}
 	}
-	if _, err := backendFor(env.Transport, env.Secrets).ensure(ctx, sets); err != nil {
-		return nil, err
+	if len(ops) > 0 {
+		if _, _, err := backendFor(env.Transport, env.Secrets).exec(ctx, ops, false); err != nil {
+			return nil, fmt.Errorf("insert firewall rules: %w", err)
+		}
 	}
 	return step.Outputs{"comment": comment, "rules": strconv.Itoa(n)}, nil
+}
+
+// withComment is r with its comment replaced by c.
+func withComment(r Rule, c string) Rule {
+	spec := append([]string(nil), r.Spec...)
+	for i := 0; i+1 < len(spec); i++ {
+		if spec[i] == "--comment" {
+			spec[i+1] = c
+		}
+	}
+	return Rule{Family: r.Family, Chain: r.Chain, Spec: spec}
 }

@@ -38,6 +38,8 @@ type Lift struct {
 	Tag      string
 	Chain    string
 	Families []string
+
+	rules []Rule // found by Check
 }
 
 var _ step.Step = (*Lift)(nil)
@@ -65,13 +67,17 @@ func newLift(p step.Params) (step.Step, error) {
 }
 
 func (l *Lift) find(ctx context.Context, env *step.Env) ([]Rule, error) {
-	listing, err := backendFor(env.Transport, env.Secrets).list(ctx, l.Families, l.Chain)
+	var list []op
+	for _, f := range l.Families {
+		list = append(list, op{Op: "-S", Rule: Rule{Family: f, Chain: l.Chain}})
+	}
+	res, _, err := backendFor(env.Transport, env.Secrets).exec(ctx, list, false)
 	if err != nil {
 		return nil, err
 	}
 	var rules []Rule
-	for _, f := range l.Families {
-		for _, r := range parseListing(f, l.Chain, listing[f]) {
+	for i, f := range l.Families {
+		for _, r := range parseListing(f, l.Chain, res[i].Out) {
 			if (l.RunID == "" || r.Run == l.RunID) && (l.Tag == "" || r.Tag == l.Tag) {
 				rules = append(rules, r.Rule)
 			}
@@ -90,12 +96,13 @@ func (l *Lift) what() string {
 	return "tagged " + l.Tag
 }
 
-// Check implements step.Step.
+// Check implements step.Step: one session lists the chains.
 func (l *Lift) Check(ctx context.Context, env *step.Env) (step.Observation, error) {
 	rules, err := l.find(ctx, env)
 	if err != nil {
 		return step.Observation{}, err
 	}
+	l.rules = rules
 	obs := step.Observation{Outputs: step.Outputs{"removed": "0"}}
 	if len(rules) > 0 {
 		obs.Change = fmt.Sprintf("remove %d firewall rules %s from %s", len(rules), l.what(), l.Chain)
@@ -103,15 +110,29 @@ func (l *Lift) Check(ctx context.Context, env *step.Env) (step.Observation, erro
 	return obs, nil
 }
 
-// Apply implements step.Step.
+// Apply implements step.Step: one session deletes each rule Check found
+// that iptables -C still finds.
 func (l *Lift) Apply(ctx context.Context, env *step.Env) (step.Outputs, error) {
-	rules, err := l.find(ctx, env)
-	if err != nil {
-		return nil, err
+	rules := l.rules
+	if rules == nil {
+		var err error
+		if rules, err = l.find(ctx, env); err != nil {
+			return nil, err
+		}
 	}
-	n, err := backendFor(env.Transport, env.Secrets).remove(ctx, rules)
+	var ops []op
+	for _, r := range rules {
+		ops = append(ops, op{Op: "-C", Rule: r}, op{Op: "-D", Rule: r, OnlyIf: len(ops) + 1})
+	}
+	res, _, err := backendFor(env.Transport, env.Secrets).exec(ctx, ops, false)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("delete firewall rules: %w", err)
+	}
+	n := 0
+	for i := 1; i < len(res); i += 2 {
+		if res[i].Ran && res[i].OK {
+			n++
+		}
 	}
 	return step.Outputs{"removed": strconv.Itoa(n)}, nil
 }
