@@ -86,30 +86,41 @@ func withAllocLock(fn func() error) error {
 func allocateBlock(dir string, owner int) (int, error) {
 	got := -1
 	err := withAllocLock(func() error {
+		// Sweep first, so that what dead labs left is cleared even when a
+		// lower block is free.
+		free := -1
 		for i := 0; i < numBlocks; i++ {
 			a, err := readAllocation(i)
-			if err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("read allocation %d: %w", i, err)
-			}
-			if a != nil && a.Dir != dir && !allocationStale(a) {
+			if errors.Is(err, fs.ErrNotExist) {
+				if free < 0 {
+					free = i
+				}
 				continue
 			}
-			if a != nil {
+			if err != nil {
+				return fmt.Errorf("read allocation %d: %w", i, err)
+			}
+			if a.Dir == dir || allocationStale(a) {
 				reclaimBlock(a)
+				if free < 0 {
+					free = i
+				}
 			}
-			na := allocation{Block: i, Dir: dir, PID: os.Getpid(), Owner: owner, Created: time.Now().UTC()}
-			b, _ := json.Marshal(na)
-			tmp := blockFile(i) + ".tmp"
-			if err := os.WriteFile(tmp, b, 0o644); err != nil {
-				return fmt.Errorf("write allocation: %w", err)
-			}
-			if err := os.Rename(tmp, blockFile(i)); err != nil {
-				return fmt.Errorf("write allocation: %w", err)
-			}
-			got = i
-			return nil
 		}
-		return fmt.Errorf("all %d address blocks of 198.18.0.0/15 are in use", numBlocks)
+		if free < 0 {
+			return fmt.Errorf("all %d address blocks of 198.18.0.0/15 are in use", numBlocks)
+		}
+		na := allocation{Block: free, Dir: dir, PID: os.Getpid(), Owner: owner, Created: time.Now().UTC()}
+		b, _ := json.Marshal(na)
+		tmp := blockFile(free) + ".tmp"
+		if err := os.WriteFile(tmp, b, 0o644); err != nil {
+			return fmt.Errorf("write allocation: %w", err)
+		}
+		if err := os.Rename(tmp, blockFile(free)); err != nil {
+			return fmt.Errorf("write allocation: %w", err)
+		}
+		got = free
+		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("allocate lab addresses: %w", err)

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
 )
 
 // SSHDBin is OpenSSH's server.
@@ -59,7 +60,10 @@ type Gateway struct {
 	RunDir string `json:"run_dir"`
 	// HostKeyLine is the host key in authorized_keys form.
 	HostKeyLine string `json:"host_key"`
-	SSHDPID     int    `json:"sshd_pid"`
+	// SSHDPID is sshd (the host's PID 1) as seen from the root namespace;
+	// BootPID is its parent there, which holds the PID namespace.
+	SSHDPID int `json:"sshd_pid"`
+	BootPID int `json:"boot_pid"`
 
 	hostKey ssh.PublicKey
 }
@@ -365,22 +369,29 @@ func hostNet(host string) string {
 	return host[:i+1] + strconv.Itoa(n-1)
 }
 
-// bootHost starts the gateway's sshd through its boot script inside the
-// namespace and waits until it listens on port 22.
+// bootHost starts the gateway's sshd through its boot script and waits
+// until it listens on port 22. The host gets its own network, UTS, mount
+// and PID namespaces: sshd is the host's PID 1, so processes that outlive
+// their SSH session (the gateway started by systemctl) are reaped by it,
+// as init reaps them on a real host, and die with it.
 func (l *Lab) bootHost(ctx context.Context, g *Gateway) error {
 	base := filepath.Dir(g.Dir)
 	pid, err := daemon("ip", []string{"netns", "exec", g.Namespace,
 		"unshare", "--uts", "--mount", "--propagation", "private",
+		"--pid", "--fork", "--kill-child", "--mount-proc",
 		"/bin/sh", filepath.Join(base, "boot.sh")},
 		minimalEnv(), filepath.Join(base, "sshd.log"))
 	if err != nil {
 		return fmt.Errorf("boot %s: %w", g.Name, err)
 	}
-	g.SSHDPID = pid
+	g.BootPID = pid
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if listensOn(pid, 22) {
-			return nil
+			if kids := childrenOf(pid); len(kids) == 1 && runs(kids[0], "sshd") {
+				g.SSHDPID = kids[0]
+				return nil
+			}
 		}
 		if !alive(pid) {
 			return fmt.Errorf("boot %s: sshd exited%s", g.Name, fileTail(filepath.Join(base, "sshd.log")))
@@ -413,10 +424,23 @@ func listensOn(pid, port int) bool {
 	return false
 }
 
+// gatewayPIDs lists the LiteLLM gateway processes running on g, as root
+// namespace PIDs.
+func gatewayPIDs(g *Gateway) []int {
+	var pids []int
+	for _, pid := range netnsPIDs(g.Namespace) {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+		if err == nil && strings.HasPrefix(string(b), "litellm-gateway") && alive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
 // systemctlInGateway runs the systemctl stand-in inside gateway g's
 // namespaces (the namespaces of its sshd), as a command over SSH would.
 func systemctlInGateway(ctx context.Context, g *Gateway, args ...string) ([]byte, error) {
-	argv := append([]string{"--target", strconv.Itoa(g.SSHDPID), "--net", "--mount", "--uts",
+	argv := append([]string{"--target", strconv.Itoa(g.SSHDPID), "--net", "--mount", "--uts", "--pid",
 		"/usr/bin/systemctl"}, args...)
 	return run(ctx, nil, "nsenter", argv...)
 }
@@ -438,3 +462,43 @@ func parallel(n int, fn func(i int) error) []error {
 
 // shq quotes s for a POSIX shell.
 func shq(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// SSHClientConfig is a client configuration for user with the lab's
+// identity and its known_hosts file (host keys are verified).
+func (l *Lab) SSHClientConfig(user string) (*ssh.ClientConfig, error) {
+	b, err := os.ReadFile(l.ClientKey)
+	if err != nil {
+		return nil, fmt.Errorf("read lab identity: %w", err)
+	}
+	signer, err := ssh.ParsePrivateKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("parse lab identity: %w", err)
+	}
+	cb, err := knownhosts.New(l.KnownHosts)
+	if err != nil {
+		return nil, fmt.Errorf("read lab known_hosts: %w", err)
+	}
+	return &ssh.ClientConfig{
+		User:              user,
+		Auth:              []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback:   cb,
+		HostKeyAlgorithms: []string{ssh.KeyAlgoED25519},
+		Timeout:           10 * time.Second,
+	}, nil
+}
+
+// Gateway returns the gateway named name, or nil.
+func (l *Lab) Gateway(name string) *Gateway {
+	for _, g := range l.Gateways {
+		if g.Name == name {
+			return g
+		}
+	}
+	return nil
+}
+
+// Systemctl runs the gateway's systemctl (the lab stand-in) inside it,
+// without SSH; for tests and the lab's own start-up.
+func (l *Lab) Systemctl(ctx context.Context, g *Gateway, args ...string) ([]byte, error) {
+	return systemctlInGateway(ctx, g, args...)
+}

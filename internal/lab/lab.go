@@ -569,6 +569,8 @@ model_list:
       model: openai/gpt-4o-mini
 general_settings:
   master_key: os.environ/LITELLM_MASTER_KEY
+  # Behind the lab's nginx: log the caller's address, not the balancer's.
+  use_x_forwarded_for: true
 `, g.Name)
 	if err := os.WriteFile(g.ConfigPath(), []byte(conf), 0o644); err != nil {
 		return err
@@ -689,16 +691,8 @@ func (st *state) healthy() bool {
 	return true
 }
 
-// gatewayActive reports whether gateway g's LiteLLM process runs, from the
-// stand-in's pid file.
-func gatewayActive(g *Gateway) bool {
-	b, err := os.ReadFile(filepath.Join(g.RunDir, "litellm.pid"))
-	if err != nil {
-		return false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	return err == nil && alive(pid)
-}
+// gatewayActive reports whether gateway g's LiteLLM process runs.
+func gatewayActive(g *Gateway) bool { return len(gatewayPIDs(g)) > 0 }
 
 func postmasterPID(pgDir string) int {
 	b, err := os.ReadFile(filepath.Join(pgDir, "data", "postmaster.pid"))
@@ -757,6 +751,9 @@ func (st *state) stopProcesses() []error {
 		pids = append(pids, netnsPIDs(g.Namespace)...)
 		if g.SSHDPID > 0 && runs(g.SSHDPID, "sshd") {
 			pids = append(pids, g.SSHDPID)
+		}
+		if g.BootPID > 0 && runs(g.BootPID, "unshare") {
+			pids = append(pids, g.BootPID)
 		}
 	}
 	if err := terminate(5*time.Second, pids...); err != nil {

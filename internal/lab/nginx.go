@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -30,7 +29,7 @@ type Nginx struct {
 
 const nginxConf = `# runbook lab load balancer: round robin over every gateway, with passive
 # health checks, as production LiteLLM gateways are deployed.
-daemon on;
+daemon off;
 master_process on;
 worker_processes 1;
 user root;
@@ -98,24 +97,27 @@ func StartNginx(ctx context.Context, dir string, port int, servers []string) (*N
 	}
 	pidFile := filepath.Join(dir, "nginx.pid")
 	_ = os.Remove(pidFile)
-	// With "daemon on" the command returns once the master has forked and
-	// bound the port.
-	cmd := exec.CommandContext(ctx, NginxBin, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
-	cmd.Env = minimalEnv()
-	cmd.WaitDelay = 2 * time.Second
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("start nginx on %s: %w: %s%s", n.Addr, err, tail(out), fileTail(filepath.Join(dir, "error.log")))
-	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	pb, err := waitFile(wctx, pidFile, 0, "nginx pid file")
+	// In the foreground ("daemon off"), as the lab's child: the caller
+	// reaps it when it ends.
+	pid, err := daemon(NginxBin, []string{"-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")},
+		minimalEnv(), filepath.Join(dir, "nginx.out"))
 	if err != nil {
 		return nil, fmt.Errorf("start nginx: %w", err)
 	}
-	if n.PID, err = strconv.Atoi(strings.TrimSpace(string(pb))); err != nil {
-		return nil, fmt.Errorf("start nginx: read pid file: %w", err)
+	n.PID = pid
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(pidFile); err == nil && listensOn(pid, port) {
+			return n, nil
+		}
+		if !alive(pid) {
+			return n, fmt.Errorf("start nginx on %s: exited%s", n.Addr, fileTail(filepath.Join(dir, "error.log")))
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return n, fmt.Errorf("start nginx on %s: does not listen%s", n.Addr, fileTail(filepath.Join(dir, "error.log")))
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
-	return n, nil
 }
 
 // Running reports whether the master process runs and the port listens.

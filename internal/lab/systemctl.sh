@@ -61,7 +61,7 @@ mainpid() {
 running() {
 	[ -n "$PID" ] || return 1
 	st=
-	read -r st </proc/"$PID"/stat 2>/dev/null || return 1
+	read -r st 2>/dev/null </proc/"$PID"/stat || return 1
 	case $st in *"(litellm"*) ;; *) return 1 ;; esac
 	st=${st##*) }
 	case ${st%% *} in Z | X | x) return 1 ;; esac
@@ -116,7 +116,7 @@ do_start() {
 		else
 			# Give the exec a moment: before it the process is still "sh".
 			st=
-			read -r st </proc/"$PID"/stat 2>/dev/null
+			read -r st 2>/dev/null </proc/"$PID"/stat
 			case $st in
 			'' | *") Z "* | *") X "*)
 				echo "Job for $UNIT failed because the control process exited with error code." >&2
