@@ -3,15 +3,11 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
-
-	"github.com/runbook-dev/runbook/internal/journal"
-	"github.com/runbook-dev/runbook/internal/state"
 )
 
 func newRunsCommand(g *globals) *cobra.Command {
@@ -35,11 +31,6 @@ func (g *globals) runRuns(ctx context.Context) error {
 	if err != nil {
 		return withCode(ExitInternal, fmt.Errorf("list runs: %w", err))
 	}
-	for i := range runs {
-		if runs[i].Status == journal.StatusRunning {
-			runs[i].Status = liveStatus(ctx, store, runs[i].RunID)
-		}
-	}
 	if g.output == "json" {
 		b, err := json.MarshalIndent(runs, "", "  ")
 		if err != nil {
@@ -55,23 +46,4 @@ func (g *globals) runRuns(ctx context.Context) error {
 			r.Started.UTC().Format(time.DateTime), r.Updated.UTC().Format(time.DateTime), r.Operator)
 	}
 	return tw.Flush()
-}
-
-// liveStatus tells a run whose journal has no end apart: "running" while
-// its runner holds the lock, "interrupted" once that runner is gone.
-func liveStatus(ctx context.Context, store state.Store, runID string) string {
-	recs, err := store.Journal(ctx, runID)
-	if err != nil || len(recs) == 0 || recs[0].Header == nil {
-		return journal.StatusInterrupted
-	}
-	probe := state.Holder{RunID: "probe-" + runID, Operator: "runbook runs", Since: time.Now()}
-	lock, err := store.Lock(ctx, recs[0].Header.Target, probe)
-	var held *state.LockHeldError
-	if errors.As(err, &held) && held.Holder.RunID == runID {
-		return journal.StatusRunning
-	}
-	if err == nil {
-		_ = lock.Release(ctx)
-	}
-	return journal.StatusInterrupted
 }
