@@ -118,10 +118,11 @@ func (m Systemd) stateFrom(tr transport.Transport, unit string, isActive, status
 
 // Act implements Manager.
 func (m Systemd) Act(ctx context.Context, tr transport.Transport, verb Verb, unit string) (State, error) {
+	// After a verb that exited 0 the unit exists, so is-active alone tells
+	// its state; exit 5 says it does not.
 	out, err := ssh.RunBatch(ctx, tr, []ssh.Cmd{
 		systemctl(true, string(verb), unit),
 		systemctl(false, "is-active", unit),
-		{Command: transport.Command{Args: []string{"systemctl", "status", "--no-pager", unit}}, Unless: 2},
 	})
 	if err != nil {
 		return State{}, fmt.Errorf("systemctl %s %s: %w", verb, unit, err)
@@ -133,7 +134,7 @@ func (m Systemd) Act(ctx context.Context, tr transport.Transport, verb Verb, uni
 	default:
 		return State{}, m.exitErr(tr, "systemctl "+string(verb)+" "+unit, out[0].Result)
 	}
-	return m.stateFrom(tr, unit, out[1], out[2])
+	return m.stateFrom(tr, unit, out[1], ssh.Outcome{Skipped: true})
 }
 
 func (m Systemd) exitErr(tr transport.Transport, cmd string, r transport.Result) error {
