@@ -39,10 +39,14 @@ type validator struct {
 	inputs  map[string]*Input
 	phases  map[string]int
 	stepIdx map[string]int // first index of each id
+	vars    map[*inventory.Host]map[string]string
 }
 
 // fail reports an error at the node kept for path, else at pos.
 func (v *validator) fail(path string, pos Pos, field, format string, args ...any) *DecodeError {
+	if v.full() {
+		return &DecodeError{}
+	}
 	msg := fmt.Sprintf(format, args...)
 	var e *DecodeError
 	if n := v.m.nodes[path]; n != nil {
@@ -56,12 +60,28 @@ func (v *validator) fail(path string, pos Pos, field, format string, args ...any
 
 // failKey reports an error at the key node of path.
 func (v *validator) failKey(path string, pos Pos, field, format string, args ...any) *DecodeError {
-	if k := v.m.keys[path]; k != nil {
+	if k := v.m.keys[path]; k != nil && !v.full() {
 		e := v.m.src.ErrorNode(k, field, fmt.Sprintf(format, args...))
 		v.errs = append(v.errs, e)
 		return e
 	}
 	return v.fail(path, pos, field, format, args...)
+}
+
+// full reports whether enough errors were found to stop quoting more.
+func (v *validator) full() bool { return len(v.errs) >= strictyaml.MaxCollect }
+
+// hostVars caches the inventory's merged variables per host.
+func (v *validator) hostVars(h *inventory.Host) map[string]string {
+	if vars, ok := v.vars[h]; ok {
+		return vars
+	}
+	if v.vars == nil {
+		v.vars = map[*inventory.Host]map[string]string{}
+	}
+	vars := v.inv.HostVars(h)
+	v.vars[h] = vars
+	return vars
 }
 
 func suggest(e *DecodeError, s string, candidates []string) {
@@ -94,6 +114,9 @@ func (v *validator) run() {
 	}
 	lastPhase, lastPhaseName := -1, ""
 	for i := range rb.Steps {
+		if v.full() {
+			return
+		}
 		st := &rb.Steps[i]
 		path := strictyaml.Index("steps", i)
 		lastPhase, lastPhaseName = v.phase(st, path, lastPhase, lastPhaseName)
@@ -384,6 +407,9 @@ func (v *validator) valueRefs(ctx refCtx, path string, val any, pos Pos, depth i
 
 // refFail reports an error at byte offset off of string s held at path.
 func (v *validator) refFail(path, s string, off int, pos Pos, format string, args ...any) {
+	if v.full() {
+		return
+	}
 	msg := fmt.Sprintf(format, args...)
 	n := v.m.nodes[path]
 	if n == nil || n.Kind != yaml.ScalarNode || n.Value != s {
@@ -459,7 +485,7 @@ func (v *validator) ref(ctx refCtx, path, s string, r Ref, off int, pos Pos) {
 			return
 		}
 		for _, h := range ctx.hosts {
-			if _, ok := v.inv.HostVars(h)[r.Name]; !ok {
+			if _, ok := v.hostVars(h)[r.Name]; !ok {
 				fail("variable %s is not set for host %s in inventory %s", strictyaml.Quote(r.Name), h.Name, v.inv.File)
 				return
 			}

@@ -21,10 +21,22 @@ type Decoder struct {
 }
 
 // Add records an error.
-func (d *Decoder) Add(e *Error) { d.Errs = append(d.Errs, e) }
+func (d *Decoder) Add(e *Error) {
+	if !d.Full() {
+		d.Errs = append(d.Errs, e)
+	}
+}
 
-// Failf records an error at node n.
+// Full reports whether the decoder has collected MaxCollect errors: from
+// then on it records no more.
+func (d *Decoder) Full() bool { return len(d.Errs) >= MaxCollect }
+
+// Failf records an error at node n. It returns the error so the caller can
+// add to it; once the decoder is full, that error is not recorded.
 func (d *Decoder) Failf(n *yaml.Node, field, format string, args ...any) *Error {
+	if d.Full() {
+		return &Error{}
+	}
 	e := d.Src.ErrorNode(n, field, fmt.Sprintf(format, args...))
 	switch {
 	case n != nil && n.Kind == yaml.AliasNode: // Parse reported it
@@ -83,6 +95,9 @@ func (d *Decoder) Mapping(n *yaml.Node, path string, known []string) []Field {
 			continue // reported by Parse
 		}
 		if known != nil && !contains(known, k.Value) {
+			if d.Full() {
+				continue
+			}
 			e := d.Failf(k, path, "unknown key %s", Quote(k.Value))
 			if s := Suggest(k.Value, known); s != "" {
 				e.Msg += fmt.Sprintf("; did you mean %q?", s)
@@ -273,8 +288,8 @@ func ParseDuration(s string) (time.Duration, error) {
 // a likely typo, else "".
 func Suggest(s string, candidates []string) string {
 	best, bestD := "", 3
-	if len(s) > 64 {
-		return ""
+	if len(s) > 64 || len(candidates) > 200 {
+		return "" // not worth the time on a hostile file
 	}
 	for _, c := range candidates {
 		if d := distance(s, c); d < bestD {
@@ -314,7 +329,7 @@ func distance(a, b string) int {
 func (d *Decoder) ScanSecrets(n *yaml.Node, path, hint string) {
 	switch n.Kind {
 	case yaml.ScalarNode:
-		if what, ok := LooksSecret(n.Value); ok {
+		if what, ok := LooksSecret(n.Value); ok && !d.Full() {
 			e := d.Src.SecretErrorNode(n, path, "value looks like "+what+": secrets are never written inline")
 			e.Hint = hint
 			d.Add(e)

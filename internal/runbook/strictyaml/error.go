@@ -84,6 +84,11 @@ func caretPad(line string, n int) string {
 // MaxErrors bounds how many errors one file reports.
 const MaxErrors = 50
 
+// MaxCollect bounds how many errors decoders collect before they stop
+// quoting lines: a hostile file could hold a million errors, each quoting
+// a megabyte-long line.
+const MaxCollect = 4 * MaxErrors
+
 // Errors are all the problems found in one or more files, sorted by
 // position. A decoder reports every problem it finds so a user can fix them
 // all in one go.
@@ -129,10 +134,9 @@ func (l Errors) Sorted() Errors {
 	}
 	if len(out) > MaxErrors {
 		last := out[MaxErrors-1]
-		more := len(out) - MaxErrors + 1
 		out = append(out[:MaxErrors-1:MaxErrors-1], &Error{
 			File: last.File, Line: last.Line, Col: last.Col, caret: -1,
-			Msg: fmt.Sprintf("too many errors: %d more not shown", more),
+			Msg: fmt.Sprintf("too many errors: fix these %d and run again", MaxErrors-1),
 		})
 	}
 	return out

@@ -222,6 +222,12 @@ var allowedTags = map[string]bool{
 	"!!timestamp": true, "!!map": true, "!!seq": true, "!!merge": true,
 }
 
+func (w *walker) add(n *yaml.Node, msg string) {
+	if len(w.errs) < MaxCollect {
+		w.errs = append(w.errs, w.src.ErrorNode(n, "", msg))
+	}
+}
+
 func (w *walker) walk(n *yaml.Node, depth int) {
 	if n.Anchor != "" {
 		w.anchorAt(n)
@@ -237,16 +243,18 @@ func (w *walker) walk(n *yaml.Node, depth int) {
 	if depth > MaxDepth {
 		if !w.deep {
 			w.deep = true
-			w.errs = append(w.errs, w.src.ErrorNode(n, "", fmt.Sprintf("nesting deeper than %d levels", MaxDepth)))
+			w.add(n, fmt.Sprintf("nesting deeper than %d levels", MaxDepth))
 		}
 		return
 	}
 	if BadTag(n) {
-		e := w.src.ErrorNode(n, "", "YAML tag "+Quote(n.Tag)+" is not allowed")
-		if strings.HasPrefix(n.Tag, "!") && !strings.HasPrefix(n.Tag, "!!") {
-			e.Hint = "a value that starts with ! is read as a tag: quote it, as in \"!inputs.dry_run\""
+		if len(w.errs) < MaxCollect {
+			e := w.src.ErrorNode(n, "", "YAML tag "+Quote(n.Tag)+" is not allowed")
+			if strings.HasPrefix(n.Tag, "!") && !strings.HasPrefix(n.Tag, "!!") {
+				e.Hint = "a value that starts with ! is read as a tag: quote it, as in \"!inputs.dry_run\""
+			}
+			w.errs = append(w.errs, e)
 		}
-		w.errs = append(w.errs, e)
 	}
 	switch n.Kind {
 	case yaml.MappingNode:
@@ -255,16 +263,16 @@ func (w *walker) walk(n *yaml.Node, depth int) {
 			k, v := n.Content[i], n.Content[i+1]
 			switch {
 			case k.Kind != yaml.ScalarNode:
-				w.errs = append(w.errs, w.src.ErrorNode(k, "", "a mapping key must be a plain string"))
+				w.add(k, "a mapping key must be a plain string")
 				w.walk(k, depth+1)
 			case k.Tag == "!!merge":
-				w.errs = append(w.errs, w.src.ErrorNode(k, "", "merge keys (<<) are not allowed: write the keys out"))
+				w.add(k, "merge keys (<<) are not allowed: write the keys out")
 			default:
 				if k.Anchor != "" {
 					w.anchorAt(k)
 				}
 				if first, dup := seen[k.Value]; dup {
-					w.errs = append(w.errs, w.src.ErrorNode(k, "", fmt.Sprintf("duplicate key %s (first at line %d)", Quote(k.Value), first.Line)))
+					w.add(k, fmt.Sprintf("duplicate key %s (first at line %d)", Quote(k.Value), first.Line))
 				} else {
 					seen[k.Value] = k
 				}

@@ -10,20 +10,47 @@ import (
 // A detector finds one kind of key material in text.
 type detector struct {
 	what string
+	// cue is a substring every match holds (lower case when fold is
+	// set): a cheap test that skips the regular expression on most text.
+	cue  string
+	fold bool
 	re   *regexp.Regexp
-	// keep, when set, vetoes a match (for example a digest pin).
-	keep func(s string, loc []int) bool
 }
 
 var detectors = []detector{
-	{what: "a private key", re: regexp.MustCompile(`-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----`)},
-	{what: "a LiteLLM or OpenAI-style API key", re: regexp.MustCompile(`(?:^|[^A-Za-z0-9_-])(sk-[A-Za-z0-9_-]{16,})`)},
-	{what: "a Vault token", re: regexp.MustCompile(`(?:^|[^A-Za-z0-9_.-])(hv[sbr]\.[A-Za-z0-9_-]{20,})`)},
-	{what: "a Vault token", re: regexp.MustCompile(`(?:^|[^A-Za-z0-9_.-])(s\.[A-Za-z0-9]{24})(?:$|[^A-Za-z0-9_.-])`)},
-	{what: "an AWS access key id", re: regexp.MustCompile(`(?:^|[^A-Za-z0-9])((?:AKIA|ASIA)[0-9A-Z]{16})(?:$|[^A-Za-z0-9])`)},
-	{what: "a URL with a password", re: regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:([^/\s@]+)@`)},
-	{what: "a connection string with a password", re: regexp.MustCompile(`(?i)(?:^|[\s;])password\s*=\s*([^\s;'"]+)`)},
-	{what: "a long random string", re: regexp.MustCompile(`[A-Za-z0-9+/=_-]{32,}`), keep: notRandom},
+	{what: "a private key", cue: "-----BEGIN ", re: regexp.MustCompile(`-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----`)},
+	{what: "a LiteLLM or OpenAI-style API key", cue: "sk-", re: regexp.MustCompile(`(?:^|[^A-Za-z0-9_-])(sk-[A-Za-z0-9_-]{16,})`)},
+	{what: "a Vault token", cue: "hv", re: regexp.MustCompile(`(?:^|[^A-Za-z0-9_.-])(hv[sbr]\.[A-Za-z0-9_-]{20,})`)},
+	{what: "a Vault token", cue: "s.", re: regexp.MustCompile(`(?:^|[^A-Za-z0-9_.-])(s\.[A-Za-z0-9]{24})(?:$|[^A-Za-z0-9_.-])`)},
+	{what: "an AWS access key id", cue: "A", re: regexp.MustCompile(`(?:^|[^A-Za-z0-9])((?:AKIA|ASIA)[0-9A-Z]{16})(?:$|[^A-Za-z0-9])`)},
+	{what: "a URL with a password", cue: "://", re: regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:([^/\s@]+)@`)},
+	{what: "a connection string with a password", cue: "password", fold: true, re: regexp.MustCompile(`(?i)(?:^|[\s;])password\s*=\s*([^\s;'"]+)`)},
+}
+
+// isTokenChar reports whether c may be part of a base64 or hex key.
+func isTokenChar(c byte) bool {
+	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' ||
+		c == '+' || c == '/' || c == '=' || c == '_' || c == '-'
+}
+
+// randomSpans finds runs of 32 or more key characters that look random.
+func randomSpans(s string) [][2]int {
+	var out [][2]int
+	for i := 0; i < len(s); {
+		if !isTokenChar(s[i]) {
+			i++
+			continue
+		}
+		j := i
+		for j < len(s) && isTokenChar(s[j]) {
+			j++
+		}
+		if j-i >= 32 && !notRandom(s, []int{i, j}) {
+			out = append(out, [2]int{i, j})
+		}
+		i = j
+	}
+	return out
 }
 
 // notRandom vetoes long strings that are not key-like: digest pins
@@ -91,18 +118,30 @@ func entropy(s string) float64 {
 // secretSpans returns the byte ranges of s that look like key material and
 // what each looks like.
 func secretSpans(s string) (spans [][2]int, what []string) {
+	lower := ""
 	for _, d := range detectors {
+		text := s
+		if d.fold {
+			if lower == "" {
+				lower = strings.ToLower(s)
+			}
+			text = lower
+		}
+		if !strings.Contains(text, d.cue) {
+			continue
+		}
 		for _, m := range d.re.FindAllStringSubmatchIndex(s, -1) {
 			loc := []int{m[0], m[1]}
 			if len(m) >= 4 && m[2] >= 0 {
 				loc = []int{m[2], m[3]}
 			}
-			if d.keep != nil && d.keep(s, loc) {
-				continue
-			}
 			spans = append(spans, [2]int{loc[0], loc[1]})
 			what = append(what, d.what)
 		}
+	}
+	for _, sp := range randomSpans(s) {
+		spans = append(spans, sp)
+		what = append(what, "a long random string")
 	}
 	return spans, what
 }
