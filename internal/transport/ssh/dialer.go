@@ -109,6 +109,18 @@ func ConfigFrom(s inventory.SSH) (Config, error) {
 	return c, nil
 }
 
+// LookupIn resolves jump hosts given by name among inv's hosts.
+func LookupIn(inv *inventory.Inventory) func(name string) *inventory.Host {
+	return func(name string) *inventory.Host {
+		for _, h := range inv.Hosts {
+			if h.Name == name {
+				return h
+			}
+		}
+		return nil
+	}
+}
+
 func parseDuration(name, s string) (time.Duration, error) {
 	if s == "" {
 		return 0, nil
