@@ -70,6 +70,11 @@ var (
 // Load decodes an inventory from data; name is the file name errors show,
 // and relative paths in it (known_hosts, identity, ca_cert, file secrets)
 // are resolved against name's directory.
+//
+// The groups a host names must be declared under groups: a misspelt group
+// would otherwise be a new, silent group, and a step on the intended one
+// would skip the host. Every host is in the implicit group AllGroup.
+// Hosts get their port, user and jump host from ssh: when they give none.
 func Load(name string, data []byte) (*Inventory, error) {
 	root, src, perr := strictyaml.Parse(name, data)
 	d := &decoder{Decoder: strictyaml.Decoder{Src: src}, file: name, dir: filepath.Dir(name)}
