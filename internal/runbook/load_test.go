@@ -161,7 +161,7 @@ func TestParseDuration(t *testing.T) {
 			t.Errorf("%s: %v %v", s, got, err)
 		}
 	}
-	for _, s := range []string{"", "d", "1", "1x", "1h2d", "1d-1h", "99999999999999999w", "--1s", "1d 2h"} {
+	for _, s := range []string{"", "d", "1", "1x", "1h2d", "1d-1h", "99999999999999999w", "--1s", "1d 2h", "-", "+", "1.5d"} {
 		if _, err := ParseDuration(s); err == nil {
 			t.Errorf("%q: no error", s)
 		}

@@ -242,6 +242,9 @@ func ParseDuration(s string) (time.Duration, error) {
 	if s[0] == '-' || s[0] == '+' {
 		neg = s[0] == '-'
 		s = s[1:]
+		if s == "" {
+			return 0, fmt.Errorf("invalid duration %s: want a duration like 30s, 5m, 1h30m, 90d or 2w", Quote(orig))
+		}
 	}
 	var total time.Duration
 	rest := ""
