@@ -38,6 +38,7 @@ type envLine struct {
 	text   string // the whole line, without its newline
 	name   string // "" for comments, blank and unparsable lines
 	prefix string // everything before the value: indentation, "export ", NAME=
+	cr     bool   // the line ends in a carriage return (a CRLF file), kept by Set
 }
 
 // ParseEnvFile reads an environment file. Lines it does not understand are
@@ -64,7 +65,7 @@ func ParseEnvFile(b []byte) (*EnvFile, error) {
 }
 
 func parseEnvLine(l string) envLine {
-	el := envLine{text: l}
+	el := envLine{text: l, cr: strings.HasSuffix(l, "\r")}
 	s := strings.TrimLeft(l, " \t")
 	if s == "" || s[0] == '#' || s[0] == ';' {
 		return el
@@ -102,7 +103,7 @@ func validEnvName(n string) bool {
 // value is the line's value with surrounding blanks and one level of
 // quotes removed, as systemd reads it.
 func (l envLine) value() string {
-	v := strings.Trim(l.text[len(l.prefix):], " \t")
+	v := strings.Trim(strings.TrimSuffix(l.text[len(l.prefix):], "\r"), " \t")
 	if len(v) >= 2 && (v[0] == '"' && v[len(v)-1] == '"' || v[0] == '\'' && v[len(v)-1] == '\'') {
 		q := v[0]
 		v = v[1 : len(v)-1]
@@ -161,6 +162,9 @@ func (f *EnvFile) Set(name string, v secret.Value) error {
 	for i, l := range f.lines {
 		if l.name == name {
 			f.lines[i].text = l.prefix + quoted
+			if l.cr {
+				f.lines[i].text += "\r"
+			}
 			found = true
 		}
 	}
