@@ -57,6 +57,20 @@ func randomSpans(s string) [][2]int {
 // ("sha256:..."), words, paths and UUID-like strings of low entropy.
 func notRandom(s string, loc []int) bool {
 	tok := s[loc[0]:loc[1]]
+	// A path ("/tmp/TestSomething1234567890/001/h1.log") is not a key, even
+	// when its parts are long and mixed: it is absolute, follows a slash, or
+	// has a part that is a plain word or number ("tmp", "DIR", "001"), which
+	// the parts of a base64 key between its slashes almost never are.
+	if strings.HasPrefix(tok, "/") || loc[0] > 0 && s[loc[0]-1] == '/' {
+		return true
+	}
+	if strings.Contains(tok, "/") {
+		for _, part := range strings.Split(tok, "/") {
+			if plainPart(part) {
+				return true
+			}
+		}
+	}
 	before := strings.ToLower(s[:loc[0]])
 	for _, p := range []string{"sha1:", "sha256:", "sha384:", "sha512:"} {
 		if strings.HasSuffix(before, p) {
@@ -78,6 +92,17 @@ func notRandom(s string, loc []int) bool {
 		}
 	}
 	return !(upper && lower && digit && entropy(tok) >= 4.4)
+}
+
+// plainPart reports whether a path part is a plain word or number: all
+// lowercase, all uppercase or all digits.
+func plainPart(p string) bool {
+	if p == "" {
+		return false
+	}
+	return strings.Trim(p, "abcdefghijklmnopqrstuvwxyz") == "" ||
+		strings.Trim(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") == "" ||
+		strings.Trim(p, "0123456789") == ""
 }
 
 func isHex(s string) bool {
