@@ -83,6 +83,8 @@ incident record. Every run is journaled and can be resumed after a crash.`,
 		newRunsCommand(g),
 		newRecordCommand(g),
 		newKindsCommand(g),
+		newSchemaCommand(g),
+		newKeysCommand(g),
 		newVersionCommand(g),
 	)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
