@@ -261,6 +261,12 @@ func exposureNote(env *step.Env, rep *ll.ExposureReport, described []string, row
 		}
 		_ = tw.Flush()
 	}
+	for _, g := range rep.ByKey {
+		if strings.Contains(g.Name, ll.MasterKeySpendLogKey) {
+			fmt.Fprintf(&b, "Note: %d requests are logged as %s, which does not tell master keys apart: those after the rotation may have used the new key.\n",
+				g.Requests, ll.MasterKeySpendLogKey)
+		}
+	}
 	table("By requester address", "ADDRESS", rep.ByIP, rows)
 	table("By model", "MODEL", rep.ByModel, rows)
 	table("By key", "KEY", rep.ByKey, rows)

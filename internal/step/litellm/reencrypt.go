@@ -14,6 +14,7 @@ import (
 	"github.com/runbook-dev/runbook/internal/secret"
 	"github.com/runbook-dev/runbook/internal/step"
 	"github.com/runbook-dev/runbook/internal/transport"
+	"github.com/runbook-dev/runbook/internal/vault"
 )
 
 // SaltKeyVar is the environment variable that, when set, encrypts LiteLLM's
@@ -174,7 +175,7 @@ func (r *Reencrypt) keys(ctx context.Context, env *step.Env) (ll.ReencryptKeys, 
 
 // readPlain names the fields of a master key record that are read as plain
 // text; every other field is a secret.
-var readPlain = []string{"run_id", "state", "rotated_at", "rotated_by", "fingerprint"}
+var readPlain = vault.PlainFields
 
 func countsByTable(m map[string]int) string {
 	names := make([]string, 0, len(m))

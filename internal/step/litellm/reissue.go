@@ -246,6 +246,13 @@ func (r *Reissue) Apply(ctx context.Context, env *step.Env) (step.Outputs, error
 	if err != nil {
 		return nil, step.Retryable(err)
 	}
+	if len(keys) == 0 {
+		done, err := doneCount(ctx, pool, env)
+		if err != nil {
+			return nil, step.Retryable(err)
+		}
+		return step.Outputs{"count": strconv.Itoa(done), "with_grace": "0", "vault_prefix": r.VaultPrefix}, nil
+	}
 	tVault := time.Now()
 	out, err := r.storeInVault(ctx, env, vc, keys)
 	if err != nil {
