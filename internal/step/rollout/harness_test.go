@@ -237,7 +237,6 @@ type loadGen struct {
 	elapsed       time.Duration
 }
 
-//
 // Each request opens its own connection to nginx: a drain reloads nginx,
 // and a reload closes the idle client connections of the old workers,
 // which a pooled client could be about to reuse for a POST it may not
