@@ -237,7 +237,8 @@ type loadGen struct {
 	elapsed       time.Duration
 }
 
-// Each request opens its own connection to nginx: a drain reloads nginx,
+// startLoad starts workers sending requests, half POST chat completions,
+// half GET /v1/models. Each opens its own connection to nginx: a drain reloads nginx,
 // and a reload closes the idle client connections of the old workers,
 // which a pooled client could be about to reuse for a POST it may not
 // retry. That is nginx's behaviour on any reload, not the rotation's.
