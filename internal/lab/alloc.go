@@ -198,20 +198,48 @@ func cleanupPrefix(prefix string) []error {
 	if err := terminate(3*time.Second, pids...); err != nil {
 		errs = append(errs, err)
 	}
+	// Deleting a namespace destroys the veth end inside it and so the
+	// pair; the kernel does that asynchronously, so veths still there are
+	// deleted by name.
+	var batch strings.Builder
 	for _, ns := range nss {
-		if _, err := run(bgctx(), nil, "ip", "netns", "del", ns); err != nil {
-			errs = append(errs, err)
-		}
+		batch.WriteString("netns del " + ns + "\n")
 	}
 	links, _ := os.ReadDir("/sys/class/net")
 	for _, l := range links {
 		if strings.HasPrefix(l.Name(), prefix) {
-			if _, err := run(bgctx(), nil, "ip", "link", "del", l.Name()); err != nil {
-				if _, serr := os.Stat(filepath.Join("/sys/class/net", l.Name())); serr == nil {
-					errs = append(errs, err)
-				}
+			batch.WriteString("link del " + l.Name() + "\n")
+		}
+	}
+	if batch.Len() > 0 {
+		// -force goes on past a veth that vanished meanwhile.
+		_, _ = run(bgctx(), []byte(batch.String()), "ip", "-force", "-batch", "-")
+	}
+	for _, ns := range nss {
+		if _, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {
+			errs = append(errs, fmt.Errorf("namespace %s is left", ns))
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var left []string
+		links, _ := os.ReadDir("/sys/class/net")
+		for _, l := range links {
+			if strings.HasPrefix(l.Name(), prefix) {
+				left = append(left, l.Name())
 			}
 		}
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			errs = append(errs, fmt.Errorf("veths %s are left", strings.Join(left, ", ")))
+			break
+		}
+		for _, name := range left {
+			_, _ = run(bgctx(), nil, "ip", "link", "del", name)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	return errs
 }

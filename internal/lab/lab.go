@@ -214,7 +214,16 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	return l, nil
 }
 
+// traceUp prints the time each phase of Up takes to standard error when
+// RUNBOOK_LAB_TRACE is set.
+func traceUp(start time.Time, what string) {
+	if os.Getenv("RUNBOOK_LAB_TRACE") != "" {
+		fmt.Fprintf(os.Stderr, "lab: %7.3fs %s\n", time.Since(start).Seconds(), what)
+	}
+}
+
 func up(ctx context.Context, cfg Config) (l *Lab, err error) {
+	t0 := time.Now()
 	if cfg.Gateways > 0 {
 		if err := hostsAvailable(); err != nil {
 			return nil, err
@@ -233,6 +242,7 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
+	traceUp(t0, "address block allocated")
 	st := &state{Version: 1, Partial: true, Config: cfg, Block: block, Prefix: blockPrefix(block),
 		Owner: cfg.Owner, Created: time.Now().UTC(), dir: dir}
 	defer func() {
@@ -341,6 +351,7 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err := st.write(); err != nil {
 		return nil, err
 	}
+	traceUp(t0, "files written")
 
 	var (
 		mu                   sync.Mutex
@@ -359,6 +370,7 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 			if hostsErr = setupNetwork(ctx, l.Gateways); hostsErr != nil {
 				return
 			}
+			traceUp(t0, "namespaces and veths")
 			hostsErr = errors.Join(parallel(len(l.Gateways), func(i int) error {
 				err := l.bootHost(ctx, l.Gateways[i])
 				mu.Lock()
@@ -368,6 +380,7 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 				}
 				return err
 			})...)
+			traceUp(t0, "sshd listening on every host")
 		})
 		if cfg.Postgres {
 			spawn(func() {
@@ -375,6 +388,7 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 				if gatewayBin == "" {
 					gatewayBin, binErr = GatewayBinary(ctx)
 				}
+				traceUp(t0, "gateway binary")
 			})
 		}
 	}
@@ -385,6 +399,7 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 				pgErr = err
 				return
 			}
+			traceUp(t0, "postgres started")
 			if pgErr = pg.CreateDatabase(ctx, l.Postgres.Database); pgErr != nil {
 				return
 			}
@@ -392,6 +407,7 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 			if pgErr == nil {
 				pgErr = l.Seed.Save(filepath.Join(dir, SeedFile))
 			}
+			traceUp(t0, "postgres seeded")
 		})
 	}
 	if cfg.Vault {
@@ -425,6 +441,7 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 					return
 				}
 			}
+			traceUp(t0, "vault ready")
 		})
 	}
 	if cfg.Nginx && cfg.Gateways > 0 {
@@ -447,6 +464,7 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 			}
 			nginxErr = err
 			l.Nginx = n
+			traceUp(t0, "nginx listening")
 		})
 	}
 	wg.Wait()
@@ -470,6 +488,7 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 		if err := errors.Join(errs...); err != nil {
 			return nil, err
 		}
+		traceUp(t0, "gateways active")
 	}
 
 	if err := l.writeInventory(); err != nil {
@@ -588,6 +607,9 @@ func writeEnvFile(path string, master, salt secret.Value, dbURL string) error {
 	}
 	if dbURL != "" {
 		b.WriteString("DATABASE_URL=" + dbURL + "\n")
+		// The schema is managed outside the proxies (the lab creates it),
+		// as in deployments with several instances.
+		b.WriteString("DISABLE_SCHEMA_UPDATE=true\n")
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {

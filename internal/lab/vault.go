@@ -56,7 +56,8 @@ func StartVault(ctx context.Context, bin, dir string, port int) (*Vault, error) 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("start vault: %w", err)
 	}
-	root, err := randomToken("hvs.lab-root-")
+	// Vault refuses custom token IDs with a '.', so no "hvs." prefix.
+	root, err := randomToken("lab-root-")
 	if err != nil {
 		return nil, fmt.Errorf("start vault: %w", err)
 	}
