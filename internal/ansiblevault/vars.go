@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"strings"
 
@@ -106,7 +107,38 @@ func SetVar(data []byte, name string, value, password secret.Value, opts SetOpti
 	if IsEncrypted(data) || len(bytes.TrimSpace(data)) == 0 && !opts.Inline {
 		return setWhole(data, name, value, password, opts)
 	}
-	return setInline(data, name, value, password, opts)
+	out, err := setInline(data, name, value, password, opts)
+	if err != nil {
+		return nil, err
+	}
+	// The edit is textual: prove it did what it meant to, and nothing else,
+	// before anyone writes it.
+	if err := checkInlineEdit(data, out, name, value, password); err != nil {
+		return nil, fmt.Errorf("set variable %s: %w; edit the file by hand or encrypt it whole", name, err)
+	}
+	return out, nil
+}
+
+// checkInlineEdit verifies that out holds name encrypted to value and the
+// same other top-level variables as before.
+func checkInlineEdit(before, after []byte, name string, value, password secret.Value) error {
+	v, found, err := ReadVar(after, name, password)
+	if err != nil || !found || !v.Encrypted || !v.Value.Equal(value) {
+		return errors.New("the file's layout could not be edited safely")
+	}
+	var a, b map[string]any
+	if err := yaml.Unmarshal(before, &a); err != nil {
+		return errors.New("the file's layout could not be edited safely")
+	}
+	if err := yaml.Unmarshal(after, &b); err != nil {
+		return errors.New("the file's layout could not be edited safely")
+	}
+	delete(a, name)
+	delete(b, name)
+	if len(a) != len(b) || !reflect.DeepEqual(a, b) && !(len(a) == 0 && len(b) == 0) {
+		return errors.New("the edit would have changed other variables")
+	}
+	return nil
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -207,14 +239,21 @@ func setInline(data []byte, name string, value, password secret.Value, opts SetO
 	if col > len(first) {
 		col = len(first)
 	}
-	// The value runs to the last line more indented than the key.
+	// The value runs to the last line more indented than the key (or a
+	// "- " item at the key's own indentation, which YAML allows for a
+	// sequence value), and never past the next key.
+	limit := len(lines)
+	if next := nextKeyLine(doc, key); next > 0 && next-1 < limit {
+		limit = next - 1
+	}
 	end := start + 1
-	for i := start + 1; i < len(lines); i++ {
+	for i := start + 1; i < limit; i++ {
 		l := strings.TrimRight(string(lines[i]), "\r\n")
 		if strings.TrimSpace(l) == "" {
 			continue
 		}
-		if leading(l) <= indent {
+		n := leading(l)
+		if n < indent || n == indent && !strings.HasPrefix(l[n:], "-") {
 			break
 		}
 		end = i + 1
@@ -284,6 +323,18 @@ func parseDoc(b []byte, decrypted bool) (*yaml.Node, error) {
 		return nil, ErrNotMapping
 	}
 	return &doc, nil
+}
+
+// nextKeyLine returns the line of the key after key in the top-level
+// mapping, or 0 when key is the last.
+func nextKeyLine(doc *yaml.Node, key *yaml.Node) int {
+	m := doc.Content[0]
+	for i := 0; i+2 < len(m.Content); i += 2 {
+		if m.Content[i] == key {
+			return m.Content[i+2].Line
+		}
+	}
+	return 0
 }
 
 func lookup(doc *yaml.Node, name string) (key, val *yaml.Node) {
