@@ -107,7 +107,7 @@ func (e *engine) runUnit(ctx context.Context, s *runbook.Step, spec *step.Spec, 
 	defer cancel()
 	env := &step.Env{
 		RunID:   e.o.RunID,
-		Step:    s.ID,
+		StepID:  s.ID,
 		Host:    u.name,
 		Vars:    e.vars(u),
 		DryRun:  e.o.DryRun,

@@ -54,8 +54,6 @@ func (o Observation) OK() bool { return o.Change == "" }
 // Env is what a step sees of the run while it executes on one host.
 type Env struct {
 	RunID string
-	// Step is the id of the step being run.
-	Step string
 	// StepID is the step's id in the runbook, for notes (NoteDep).
 	StepID string
 	// Host is the inventory host's name; empty for a step that runs once.
