@@ -162,7 +162,7 @@ func newEnv(runID, stepID string, d *labDeps, masker *secret.Masker) runEnv {
 	mu := &sync.Mutex{}
 	log := slog.New(slog.NewTextHandler(lockedWriter{mu, &buf}, nil))
 	return runEnv{
-		env: &step.Env{RunID: runID, Step: stepID, StepID: stepID, Vars: map[string]string{}, Secrets: masker, Deps: d, Log: log, Started: time.Now()},
+		env: &step.Env{RunID: runID, StepID: stepID, Vars: map[string]string{}, Secrets: masker, Deps: d, Log: log, Started: time.Now()},
 		log: &buf, mu: mu,
 	}
 }
