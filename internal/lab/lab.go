@@ -394,6 +394,9 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	}
 	if cfg.Postgres {
 		spawn(func() {
+			if err := copyPostgresTemplate(ctx, l.Postgres.Dir); err != nil {
+				traceUp(t0, "no postgres template, initdb instead: "+err.Error())
+			}
 			pg, err := StartPostgres(ctx, l.Postgres.Dir, l.Postgres.Port)
 			if err != nil {
 				pgErr = err
@@ -478,13 +481,7 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 		if err := l.writeStandIn(); err != nil {
 			return nil, err
 		}
-		errs := parallel(len(l.Gateways), func(i int) error {
-			g := l.Gateways[i]
-			if _, err := systemctlInGateway(ctx, g, "start", "litellm"); err != nil {
-				return fmt.Errorf("start litellm on %s: %w%s", g.Name, err, fileTail(filepath.Join(g.RunDir, "litellm.log")))
-			}
-			return nil
-		})
+		errs := parallel(len(l.Gateways), func(i int) error { return startGateway(ctx, l.Gateways[i]) })
 		if err := errors.Join(errs...); err != nil {
 			return nil, err
 		}

@@ -19,8 +19,9 @@
 # start runs the gateway in its own session (it outlives the SSH session)
 # with the environment of /etc/litellm/litellm.env and the configuration
 # /etc/litellm/config.yaml, listening on 0.0.0.0:4000, and returns once the
-# port listens or fails like a failing unit when the process dies. stop
-# sends SIGTERM and returns once the process is gone.
+# port listens or fails like a failing unit when the process dies (with
+# --no-block it returns at once, as systemctl does). stop sends SIGTERM and
+# returns once the process is gone.
 set -u
 
 LAB_DIR='@LAB_DIR@'
@@ -37,6 +38,7 @@ PIDFILE="$RUN/litellm.pid"
 LOG="$RUN/litellm.log"
 
 QUIET=
+NOBLOCK=
 PID=
 
 say() { [ -n "$QUIET" ] || printf '%s\n' "$*"; }
@@ -94,7 +96,8 @@ do_start() {
 		echo "lab stand-in: $CONF is missing" >>"$LOG"
 		return 1
 	fi
-	# A unit starts with a clean environment plus its EnvironmentFile.
+	# A unit starts with a clean environment plus its EnvironmentFile, and
+	# never holds its caller's output open.
 	(
 		for v in $(export -p | sed -n 's/^export \([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p'); do
 			case $v in PATH | LANG | TZ) ;; *) unset "$v" 2>/dev/null ;; esac
@@ -105,10 +108,11 @@ do_start() {
 				case $line in '' | '#'* | ';'*) continue ;; *=*) export "$line" ;; esac
 			done <"$ENVFILE"
 		fi
-		exec setsid "$GATEWAY" --config "$CONF" --port 4000 --host 0.0.0.0 </dev/null >>"$LOG" 2>&1
-	) &
+		exec setsid "$GATEWAY" --config "$CONF" --port 4000 --host 0.0.0.0
+	) </dev/null >>"$LOG" 2>&1 &
 	PID=$!
 	echo "$PID" >"$PIDFILE"
+	[ -n "$NOBLOCK" ] && return 0
 	i=0
 	while :; do
 		if running; then
@@ -183,7 +187,8 @@ for a in "$@"; do
 		exit 0
 		;;
 	-q | --quiet) QUIET=1 ;;
-	--no-pager | --no-block | --no-ask-password | --full | -l | --now | --system) ;;
+	--no-block) NOBLOCK=1 ;;
+	--no-pager | --no-ask-password | --full | -l | --now | --system) ;;
 	-*)
 		echo "systemctl (runbook lab stand-in): unsupported option $a" >&2
 		exit 1
