@@ -7,7 +7,9 @@ import (
 	"github.com/runbook-dev/runbook/internal/step/ansiblevault"
 	"github.com/runbook-dev/runbook/internal/step/command"
 	"github.com/runbook-dev/runbook/internal/step/firewall"
+	"github.com/runbook-dev/runbook/internal/step/incident"
 	"github.com/runbook-dev/runbook/internal/step/litellm"
+	"github.com/runbook-dev/runbook/internal/step/rollout"
 	"github.com/runbook-dev/runbook/internal/step/service"
 	"github.com/runbook-dev/runbook/internal/step/vault"
 )
@@ -29,5 +31,8 @@ func Registry() *step.Registry {
 	r.Register(litellm.ReissueSpec)
 	r.Register(litellm.ReencryptSpec)
 	r.Register(litellm.ExposureSpec)
+	r.Register(rollout.Spec)
+	// The incident record.
+	r.Register(incident.FollowUpSpec)
 	return r
 }
