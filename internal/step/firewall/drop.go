@@ -20,7 +20,7 @@ var DropSpec = &step.Spec{
 	Params: []step.Param{
 		{Name: "port", Type: step.String, Required: true, Validate: validatePort,
 			Doc: "the port to close, or a range low:high"},
-		{Name: "protocol", Type: step.String, Default: "tcp", Allowed: []string{"tcp", "udp"}},
+		{Name: "protocol", Type: step.String, Default: "tcp", Allowed: []string{"tcp", "udp"}, Doc: "the protocol of the traffic to drop"},
 		{Name: "chain", Type: step.String, Default: "INPUT", Validate: validateChain,
 			Doc: "the filter table's chain; rules go in at position 1"},
 		{Name: "families", Type: step.List, Default: []string{IPv4, IPv6}, Allowed: []string{IPv4, IPv6},
