@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -110,9 +111,29 @@ func goBuild(ctx context.Context, dir, pkg, out string, env ...string) error {
 	})
 }
 
+var gatewayBuild struct {
+	sync.Mutex
+	path string
+}
+
 // GatewayBinary builds cmd/litellm-gateway from the source tree (or finds it
-// up to date) and returns its path.
+// up to date) and returns its path. A process builds it once: the labs of
+// one test binary share it.
 func GatewayBinary(ctx context.Context) (string, error) {
+	gatewayBuild.Lock()
+	defer gatewayBuild.Unlock()
+	if gatewayBuild.path != "" && isExec(gatewayBuild.path) {
+		return gatewayBuild.path, nil
+	}
+	path, err := buildGateway(ctx)
+	if err != nil {
+		return "", err
+	}
+	gatewayBuild.path = path
+	return path, nil
+}
+
+func buildGateway(ctx context.Context) (string, error) {
 	root, err := SourceRoot()
 	if err != nil {
 		return "", fmt.Errorf("build litellm-gateway: %w", err)

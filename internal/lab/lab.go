@@ -320,7 +320,7 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 		if err != nil {
 			return nil, err
 		}
-		l.Postgres = &PostgresInfo{Dir: filepath.Join(dir, "postgres"), Port: port, Database: "litellm"}
+		l.Postgres = &PostgresInfo{Dir: filepath.Join(dir, "postgres"), Port: port, Database: TemplateDatabase}
 		l.Postgres.SocketDir = l.Postgres.Dir
 		if len(filepath.Join(l.Postgres.Dir, ".s.PGSQL."+strconv.Itoa(port))) > maxSocketPath {
 			return nil, fmt.Errorf("lab directory %s is too long for PostgreSQL's unix socket, which the gateways use; choose a shorter one", dir)

@@ -9,13 +9,37 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/runbook-dev/runbook/internal/litellm"
 )
+
+// TemplateDatabase is the database the template cluster holds with
+// LiteLLM's schema already created.
+const TemplateDatabase = "litellm"
+
+func templateSchema(ctx context.Context, pg *Postgres) error {
+	if err := pg.CreateDatabase(ctx, TemplateDatabase); err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, pg.URL(TemplateDatabase))
+	if err != nil {
+		return fmt.Errorf("create litellm schema: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, litellm.SchemaSQL); err != nil {
+		return fmt.Errorf("create litellm schema: %w", err)
+	}
+	return nil
+}
 
 // copyPostgresTemplate gives dir/data a copy of a cached, freshly
 // initialised cluster, so that StartPostgres finds a cluster and skips
 // initdb: on two busy cores initdb takes seconds, the copy a fraction of
 // that. The template is made once per PostgreSQL installation by
-// StartPostgres itself, so it is what initdb makes for the lab. On any
+// StartPostgres itself, so it is what initdb makes for the lab, plus the
+// database TemplateDatabase with LiteLLM's schema. On any
 // failure dir is left without data and StartPostgres runs initdb.
 func copyPostgresTemplate(ctx context.Context, dir string) error {
 	tmpl, err := postgresTemplate(ctx)
@@ -48,8 +72,10 @@ func postgresTemplate(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	// Keyed by the installation (a package upgrade changes the binary).
-	sum := sha256.Sum256([]byte(bin + "\x00" + strconv.FormatInt(initdb.ModTime().UnixNano(), 10) + "\x00" + strconv.FormatInt(initdb.Size(), 10)))
+	// Keyed by the installation (a package upgrade changes the binary)
+	// and LiteLLM's schema, which the template holds.
+	sum := sha256.Sum256([]byte(bin + "\x00" + strconv.FormatInt(initdb.ModTime().UnixNano(), 10) + "\x00" +
+		strconv.FormatInt(initdb.Size(), 10) + "\x00" + litellm.SchemaSQL))
 	tmpl := filepath.Join(cache, "pgdata-"+hex.EncodeToString(sum[:])[:12])
 	if _, err := os.Stat(filepath.Join(tmpl, "PG_VERSION")); err == nil {
 		return tmpl, nil
@@ -72,6 +98,10 @@ func postgresTemplate(ctx context.Context) (string, error) {
 		}
 		pg, err := StartPostgres(ctx, filepath.Join(work, "pg"), port)
 		if err != nil {
+			return err
+		}
+		if err := templateSchema(ctx, pg); err != nil {
+			_ = pg.Stop()
 			return err
 		}
 		if err := pg.Stop(); err != nil {
