@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -137,7 +138,7 @@ func allocationStale(a *allocation) bool {
 		return true
 	}
 	st, err := readState(a.Dir)
-	if err != nil || st.Block != a.Block {
+	if err != nil || st.Block != a.Block || st.Partial {
 		// Up has not finished: stale only if the process doing it died.
 		return !alive(a.PID)
 	}
@@ -157,6 +158,17 @@ func reclaimBlock(a *allocation) {
 		}
 	}
 	cleanupPrefix(blockPrefix(a.Block))
+	if a.Dir != "" {
+		// Servers of a lab whose directory or state is gone. SIGINT is
+		// PostgreSQL's fast shutdown; the others take it as SIGTERM.
+		orphans := orphanServers(a.Dir)
+		for _, pid := range orphans {
+			_ = syscall.Kill(pid, syscall.SIGINT)
+		}
+		if !waitGone(5*time.Second, orphans...) {
+			_ = terminate(time.Second, orphans...)
+		}
+	}
 	_ = os.Remove(blockFile(a.Block))
 }
 
@@ -242,6 +254,43 @@ func cleanupPrefix(prefix string) []error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return errs
+}
+
+// orphanServers lists the lab's server processes (nginx, PostgreSQL, Vault)
+// still running from files under dir: they name the directory on their
+// command line.
+func orphanServers(dir string) []int {
+	if dir == "" || dir == "/" {
+		return nil
+	}
+	prefix := strings.TrimRight(dir, "/") + "/"
+	var pids []int
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		argv := cmdline(pid)
+		if len(argv) == 0 {
+			continue
+		}
+		line := strings.Join(argv, " ")
+		first := strings.Fields(argv[0])
+		if len(first) == 0 {
+			continue
+		}
+		prog := filepath.Base(first[0])
+		switch {
+		case strings.HasPrefix(line, "nginx: master process"), prog == "postgres", strings.HasPrefix(prog, "vaultserver-"):
+		default:
+			continue
+		}
+		if strings.Contains(line, prefix) && alive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // netnsPIDs lists the processes whose network namespace is the named one.
