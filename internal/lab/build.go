@@ -100,7 +100,7 @@ func withFileLock(path string, fn func() error) error {
 // cheap. Builds into one cache are serialised by a lock file.
 func goBuild(ctx context.Context, dir, pkg, out string, env ...string) error {
 	return withFileLock(out+".lock", func() error {
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+		cmd := exec.CommandContext(ctx, "go", "build", "-buildvcs=false", "-o", out, pkg)
 		cmd.Dir = dir
 		cmd.Env = append(os.Environ(), env...)
 		b, err := cmd.CombinedOutput()
@@ -169,9 +169,9 @@ func VaultBinary(ctx context.Context) (string, error) {
 		}
 		tmp := fmt.Sprintf("%s.tmp%d", path, os.Getpid())
 		start := time.Now()
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", tmp, ".")
+		cmd := exec.CommandContext(ctx, "go", "build", "-buildvcs=false", "-o", tmp, ".")
 		cmd.Dir = src
-		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off")
+		cmd.Env = append(os.Environ(), "GOWORK=off")
 		b, err := cmd.CombinedOutput()
 		if err != nil {
 			_ = os.Remove(tmp)
