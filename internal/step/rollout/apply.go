@@ -265,11 +265,13 @@ func (r *Rollout) doHost(ctx context.Context, env *step.Env, k *keys, o *hostObs
 		}
 	}
 	if o.write || o.restart {
-		err := r.switchKey(ctx, env, k, o)
+		t0 := time.Now()
+		restarted, err := r.switchKey(ctx, env, k, o)
 		if err != nil {
 			return r.rollback(ctx, env, k, o, err)
 		}
-		r.log(henv, "passed the health gate", "version", k.version(k.targetKey))
+		r.log(henv, "passed the health gate", "version", k.version(k.targetKey),
+			"restart", restarted.Round(time.Millisecond).String(), "gate", (time.Since(t0) - restarted).Round(time.Millisecond).String())
 	}
 	if r.testHookAfterGate != nil {
 		r.testHookAfterGate(t.name)
@@ -283,22 +285,24 @@ func (r *Rollout) doHost(ctx context.Context, env *step.Env, k *keys, o *hostObs
 }
 
 // switchKey writes the new file (when it differs), restarts the unit and
-// waits for the gate.
-func (r *Rollout) switchKey(ctx context.Context, env *step.Env, k *keys, o *hostObs) error {
+// waits for the gate. It returns how long the write and restart took.
+func (r *Rollout) switchKey(ctx context.Context, env *step.Env, k *keys, o *hostObs) (time.Duration, error) {
 	t := o.t
+	t0 := time.Now()
 	if o.write {
 		if err := r.write(ctx, env, t, o.want.Render(), true); err != nil {
-			return err
+			return time.Since(t0), err
 		}
 	}
 	if _, err := r.manager(env).Act(ctx, t.tr, service.Restart, t.unit); err != nil {
-		return err
+		return time.Since(t0), err
 	}
+	restarted := time.Since(t0)
 	refuse := o.before
 	if refuse.Equal(k.targetKey) {
 		refuse = secret.Value{}
 	}
-	return r.passGate(ctx, env, t, gate{want: k.targetKey, refuse: refuse, sample: k.sample})
+	return restarted, r.passGate(ctx, env, t, gate{want: k.targetKey, refuse: refuse, sample: k.sample})
 }
 
 // rollback puts o's previous file back, restarts the unit and checks it

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -47,11 +48,20 @@ type labRun struct {
 	drainLog string
 	loadKey  secret.Value
 	// secrets are every key the test knows, to look for in argv, logs,
-	// notes and errors.
+	// notes and errors (the argv watcher reads them as they grow).
+	mu      sync.Mutex
 	secrets []secret.Value
 }
 
+func (r *labRun) addSecret(v secret.Value) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.secrets = append(r.secrets, v)
+}
+
 func (r *labRun) known() [][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	out := make([][]byte, 0, len(r.secrets))
 	for _, s := range r.secrets {
 		out = append(out, s.Bytes())
@@ -86,7 +96,7 @@ func (r *labRun) newMasterKey(stepID string) int {
 		r.t.Fatal(err)
 	}
 	v, _ := strconv.Atoi(out["version"])
-	r.secrets = append(r.secrets, r.vaultKey(v))
+	r.addSecret(r.vaultKey(v))
 	return v
 }
 
@@ -214,10 +224,10 @@ func TestRolloutLab(t *testing.T) {
 	l := labtest.Full(t, 3)
 	r := &labRun{t: t, l: l, d: newLabDeps(t, l), masker: &secret.Masker{}, runID: newRunID()}
 	r.masker.Add(l.MasterKey)
-	r.secrets = append(r.secrets, l.MasterKey)
+	r.addSecret(l.MasterKey)
 	r.drain, r.undr, r.drainLog = nginxDrain(t, l)
 	r.loadKey = loadKey(t, l)
-	r.secrets = append(r.secrets, r.loadKey)
+	r.addSecret(r.loadKey)
 	var v1, v2 int
 
 	if !t.Run("scheduled rotation under load", func(t *testing.T) {
