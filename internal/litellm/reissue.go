@@ -225,6 +225,17 @@ func ApplyReissue(ctx context.Context, tx pgx.Tx, rs []Reissue, opt ReissueOptio
 		res.GraceRemoved += int(tag.RowsAffected())
 	}
 
+	// Each changed token fires the JWT mapping foreign key's trigger, which
+	// looks the token up in "LiteLLM_JWTKeyMapping": without an index on
+	// its token column that is a scan of the table per key. An index made
+	// for this transaction alone (and dropped before it commits) turns
+	// 10,000 scans into lookups; a user not allowed to make one just goes
+	// without.
+	tmpIndex, err := jwtTokenIndex(ctx, tx)
+	if err != nil {
+		return fail("index jwt key mappings", err)
+	}
+
 	tag, err = tx.Exec(ctx, `UPDATE "LiteLLM_VerificationToken" v SET
             "token" = r.new_token, "key_name" = r.key_name,
             "rotation_count" = COALESCE(v.rotation_count, 0) + 1,
@@ -261,8 +272,48 @@ func ApplyReissue(ctx context.Context, tx pgx.Tx, rs []Reissue, opt ReissueOptio
 		}
 		res.GraceAdded = int(tag.RowsAffected())
 	}
+	if tmpIndex {
+		if _, err := tx.Exec(ctx, `DROP INDEX "runbook_reissue_jwt_token_idx"`); err != nil {
+			return fail("drop jwt key mapping index", err)
+		}
+	}
 	if _, err := tx.Exec(ctx, `DROP TABLE runbook_reissue`); err != nil {
 		return fail("drop work table", err)
 	}
 	return res, nil
+}
+
+// jwtMappingsForIndex is the size of "LiteLLM_JWTKeyMapping" from which a
+// transaction-scoped index on its token column pays for itself.
+const jwtMappingsForIndex = 64
+
+// jwtTokenIndex makes, inside tx, an index on "LiteLLM_JWTKeyMapping".token
+// when the table is big enough to need one and has none, and reports
+// whether it did. The caller drops it before committing, so the schema is
+// left as it was whatever happens: a rollback takes it away too.
+func jwtTokenIndex(ctx context.Context, tx pgx.Tx) (bool, error) {
+	var n int
+	var indexed bool
+	err := tx.QueryRow(ctx, `SELECT (SELECT count(*) FROM (SELECT 1 FROM "LiteLLM_JWTKeyMapping" LIMIT $1) x),
+        EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                WHERE i.indrelid = '"LiteLLM_JWTKeyMapping"'::regclass AND a.attname = 'token')`, jwtMappingsForIndex).Scan(&n, &indexed)
+	if err != nil {
+		return false, err
+	}
+	if n < jwtMappingsForIndex || indexed {
+		return false, nil
+	}
+	if _, err := tx.Exec(ctx, `SAVEPOINT runbook_jwt_index`); err != nil {
+		return false, err
+	}
+	if _, err := tx.Exec(ctx, `CREATE INDEX "runbook_reissue_jwt_token_idx" ON "LiteLLM_JWTKeyMapping" ("token")`); err != nil {
+		if _, rerr := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT runbook_jwt_index`); rerr != nil {
+			return false, rerr
+		}
+		return false, nil
+	}
+	if _, err := tx.Exec(ctx, `RELEASE SAVEPOINT runbook_jwt_index`); err != nil {
+		return false, err
+	}
+	return true, nil
 }
