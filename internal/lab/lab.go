@@ -313,22 +313,13 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 		}
 	}
 
-	// Ports and addresses are known before anything starts, so the
-	// servers can come up side by side.
 	if cfg.Postgres {
-		port, err := FreePort()
-		if err != nil {
-			return nil, err
-		}
-		l.Postgres = &PostgresInfo{Dir: filepath.Join(dir, "postgres"), Port: port, Database: TemplateDatabase}
+		l.Postgres = &PostgresInfo{Dir: filepath.Join(dir, "postgres"), Database: TemplateDatabase}
 		l.Postgres.SocketDir = l.Postgres.Dir
-		if len(filepath.Join(l.Postgres.Dir, ".s.PGSQL."+strconv.Itoa(port))) > maxSocketPath {
+		if len(filepath.Join(l.Postgres.Dir, ".s.PGSQL.65535")) > maxSocketPath {
 			return nil, fmt.Errorf("lab directory %s is too long for PostgreSQL's unix socket, which the gateways use; choose a shorter one", dir)
 		}
 		st.Postgres = l.Postgres
-		l.DatabaseURL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", port, l.Postgres.Database)
-		l.GatewayDatabaseURL = fmt.Sprintf("postgres://postgres@localhost/%s?host=%s&port=%d&sslmode=disable",
-			l.Postgres.Database, url.QueryEscape(l.Postgres.SocketDir), port)
 	}
 	for i := 1; i <= cfg.Gateways; i++ {
 		host, gw := gatewayAddrs(block, i)
@@ -397,11 +388,21 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 			if err := copyPostgresTemplate(ctx, l.Postgres.Dir); err != nil {
 				traceUp(t0, "no postgres template, initdb instead: "+err.Error())
 			}
-			pg, err := StartPostgres(ctx, l.Postgres.Dir, l.Postgres.Port)
-			if err != nil {
-				pgErr = err
+			// A port found free can be taken before the server binds it.
+			var pg *Postgres
+			pgErr = retryPort(func(port int) error {
+				var err error
+				pg, err = StartPostgres(ctx, l.Postgres.Dir, port)
+				return err
+			})
+			if pgErr != nil {
 				return
 			}
+			mu.Lock()
+			l.Postgres.Port = pg.Port
+			_ = st.write()
+			mu.Unlock()
+			l.setDatabaseURLs()
 			traceUp(t0, "postgres started")
 			if pgErr = pg.CreateDatabase(ctx, l.Postgres.Database); pgErr != nil {
 				return
@@ -418,20 +419,22 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 			if vaultBin, vaultErr = VaultBinary(ctx); vaultErr != nil {
 				return
 			}
-			port, err := FreePort()
-			if err != nil {
-				vaultErr = err
-				return
-			}
-			v, err := StartVault(ctx, vaultBin, filepath.Join(dir, "vault"), port)
-			if v != nil {
-				mu.Lock()
-				st.VaultAddr, st.VaultPID = v.Addr, v.PID
-				_ = st.write()
-				mu.Unlock()
-			}
-			if err != nil {
-				vaultErr = err
+			var v *Vault
+			vaultErr = retryPort(func(port int) error {
+				var err error
+				v, err = StartVault(ctx, vaultBin, filepath.Join(dir, "vault"), port)
+				if v != nil {
+					mu.Lock()
+					st.VaultAddr, st.VaultPID = v.Addr, v.PID
+					_ = st.write()
+					mu.Unlock()
+				}
+				if err != nil && v != nil {
+					_ = v.Stop()
+				}
+				return err
+			})
+			if vaultErr != nil {
 				return
 			}
 			l.Vault = v
@@ -449,22 +452,25 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	}
 	if cfg.Nginx && cfg.Gateways > 0 {
 		spawn(func() {
-			port, err := FreePort()
-			if err != nil {
-				nginxErr = err
-				return
-			}
 			var servers []string
 			for _, g := range l.Gateways {
 				servers = append(servers, g.Address)
 			}
-			n, err := StartNginx(ctx, filepath.Join(dir, "nginx"), port, servers)
-			if n != nil {
-				mu.Lock()
-				st.Nginx = n
-				_ = st.write()
-				mu.Unlock()
-			}
+			var n *Nginx
+			err := retryPort(func(port int) error {
+				var err error
+				n, err = StartNginx(ctx, filepath.Join(dir, "nginx"), port, servers)
+				if n != nil {
+					mu.Lock()
+					st.Nginx = n
+					_ = st.write()
+					mu.Unlock()
+				}
+				if err != nil && n != nil {
+					_ = n.Stop()
+				}
+				return err
+			})
 			nginxErr = err
 			l.Nginx = n
 			traceUp(t0, "nginx listening")
@@ -473,6 +479,12 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	wg.Wait()
 	if err := errors.Join(hostsErr, pgErr, vaultErr, binErr, nginxErr); err != nil {
 		return nil, err
+	}
+	// The database's port is known now.
+	for _, g := range l.Gateways {
+		if err := l.writeGatewayConfig(g); err != nil {
+			return nil, fmt.Errorf("files of %s: %w", g.Name, err)
+		}
 	}
 
 	if cfg.Postgres && cfg.Gateways > 0 {
@@ -499,6 +511,32 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// setDatabaseURLs sets the URLs of the LiteLLM database: over TCP for the
+// root namespace, over the unix socket for the gateways.
+func (l *Lab) setDatabaseURLs() {
+	p := l.Postgres
+	l.DatabaseURL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", p.Port, p.Database)
+	l.GatewayDatabaseURL = fmt.Sprintf("postgres://postgres@localhost/%s?host=%s&port=%d&sslmode=disable",
+		p.Database, url.QueryEscape(p.SocketDir), p.Port)
+}
+
+// retryPort runs start with a free loopback port, and again with another
+// (three tries in all) when it fails: a port found free can be taken by
+// another process before the server binds it.
+func retryPort(start func(port int) error) error {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		port, perr := FreePort()
+		if perr != nil {
+			return perr
+		}
+		if err = start(port); err == nil || IsMissing(err) {
+			return err
+		}
+	}
+	return err
 }
 
 // writeHostFiles writes the runner's key, known_hosts, the empty dotfile
@@ -537,9 +575,6 @@ func (l *Lab) writeHostFiles() error {
 			s = sudo
 		}
 		if err := l.hostFiles(g, authorized, hosts, s); err != nil {
-			return fmt.Errorf("files of %s: %w", g.Name, err)
-		}
-		if err := l.writeGatewayConfig(g); err != nil {
 			return fmt.Errorf("files of %s: %w", g.Name, err)
 		}
 		fmt.Fprintf(&known, "%s %s\n", knownHostsAddr(g.Address, g.SSHPort), g.HostKeyLine)
@@ -673,9 +708,7 @@ func load(st *state) (*Lab, error) {
 		}
 	}
 	if st.Postgres != nil {
-		l.DatabaseURL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", st.Postgres.Port, st.Postgres.Database)
-		l.GatewayDatabaseURL = fmt.Sprintf("postgres://postgres@localhost/%s?host=%s&port=%d&sslmode=disable",
-			st.Postgres.Database, url.QueryEscape(st.Postgres.SocketDir), st.Postgres.Port)
+		l.setDatabaseURLs()
 		if l.Seed, err = LoadSeed(filepath.Join(dir, SeedFile)); err != nil {
 			return nil, fmt.Errorf("load lab: %w", err)
 		}
