@@ -6,7 +6,7 @@ FUZZTIME  ?= 10s
 LABDIR    ?= .lab
 GATEWAYS  ?= 3
 KEYS      ?= 50
-DEMO_RUNBOOK ?= lab-demo
+DEMO_RUNBOOK ?= compromise-master
 
 .PHONY: all build test test-short lint vet fuzz golden lab lab-down demo bench clean tools
 
