@@ -152,7 +152,9 @@ func (r *Rollout) observe(ctx context.Context, env *step.Env, k *keys, t *target
 			t.name, litellm.EnvSaltKey, k.shortName(o.before), k.shortName(k.targetKey))
 		return o
 	}
-	o.write = o.want.Render().Reveal() != file.Render().Reveal()
+	// Compared by fingerprint: the observation never holds more of a key
+	// than its hash.
+	o.write = o.want.Fingerprint() != file.Fingerprint()
 	o.restart = o.write || o.unit.Active != "active" || !o.accepts
 
 	if r.lifts() {
