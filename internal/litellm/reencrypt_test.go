@@ -106,6 +106,9 @@ func TestReencryptAtRest(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s row %s %s: %v", v.Table, v.Row, v.Field, err)
 		}
+		if v.Format == litellm.FormatLegacyStd && f == litellm.FormatLegacy && !strings.ContainsAny(ct, "-_") {
+			f = litellm.FormatLegacyStd // no character tells the two alphabets apart
+		}
 		if string(plain) != v.Plain.Reveal() || f != v.Format {
 			t.Errorf("%s row %s %s: format %s (was %s), plaintext kept %v", v.Table, v.Row, v.Field, f, v.Format, string(plain) == v.Plain.Reveal())
 		}
