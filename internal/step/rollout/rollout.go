@@ -9,6 +9,56 @@
 // The engine's fan-out starts the next host as soon as a slot frees, knows
 // nothing of the other hosts' health, and lets hosts already in flight run
 // on after one fails; a once step that owns the walk can keep the promises.
+//
+// Per host, in batches of max_unavailable and only while min_healthy other
+// hosts serve: drain (a command on the runner), write the environment
+// file (its text on standard input, a 0600 temporary file with the old
+// file's owner in the same directory, fsync, rename, the old text kept as
+// FILE.prev), restart the unit through service.Systemd, and probe until
+// the progress deadline: /health/liveliness 200, /health/readiness with
+// db "connected", /v1/models 200 with the new key and 401 with the one it
+// replaced, 200 with a sample virtual key. Then lift the host's
+// containment rules (firewall.Lift), undrain. A host that fails gets its
+// previous file back, is restarted and must pass the same gate on its old
+// key; the batch finishes and nothing further starts. Every host's key
+// (Vault version and fingerprint) goes into a key_version note.
+//
+// The scheduled rotation, with no request failing:
+//
+//	steps:
+//	- id: pin-salt              # LITELLM_SALT_KEY := the key in use, where unset
+//	  kind: litellm.rollout
+//	  with: {salt: pin}
+//	- id: newkey
+//	  kind: vault.master_key    # a pending version
+//	- id: rollout
+//	  kind: litellm.rollout
+//	  with:
+//	    version: ${{ steps.newkey.outputs.version }}
+//	    drain: [lb-drain, "{host}"]
+//	    undrain: [lb-undrain, "{host}"]
+//	    settle: 2s
+//	- id: promote
+//	  kind: vault.master_key
+//	  with: {mode: promote}
+//
+// After a compromise, every gateway is stopped and its port dropped; the
+// rows are re-encrypted under the new key (litellm.reencrypt_at_rest), so the
+// rollout ignores the salt key, starts each gateway, probes it through SSH
+// and lifts its containment only once it passes:
+//
+//	steps:
+//	- id: rollout
+//	  kind: litellm.rollout
+//	  with:
+//	    version: ${{ steps.newkey.outputs.version }}
+//	    salt: ignore
+//	    probe: ssh
+//	    min_healthy: 0
+//	    lift_tag: drop-port     # the firewall.drop step of the containment
+//
+// The SSH probe connects to 127.0.0.1 on the gateway: the drop rule must
+// exempt loopback (firewall.drop exempt_sources: [127.0.0.1/32, ::1/128]).
 package rollout
 
 import (
