@@ -133,7 +133,7 @@ var Spec = &step.Spec{
 		{Name: "unit", Type: step.String, Validate: validUnit,
 			Doc: "the proxy's systemd unit (default: host variable litellm_unit, else " + DefaultUnit + ")"},
 		{Name: "probe", Type: step.String, Default: ProbeHTTP, Allowed: []string{ProbeHTTP, ProbeSSH},
-			Doc: "http: probe from the runner (host variable litellm_url, else http://ADDRESS:litellm_port); ssh: probe 127.0.0.1 on the gateway through the SSH connection with bash's /dev/tcp, for a port the runner cannot reach"},
+			Doc: "http: probe from the runner (host variable litellm_url, else http://ADDRESS:litellm_port; the probes carry keys, so use an https URL outside a private network); ssh: probe 127.0.0.1 on the gateway through the SSH connection with bash's /dev/tcp, for a port the runner cannot reach"},
 		{Name: "deadline", Type: step.Duration, Default: 60 * time.Second,
 			Doc: "progress deadline: how long a host may take to pass its gate (and the others to reach min_healthy)"},
 		{Name: "max_unavailable", Type: step.Int, Default: 1, Doc: "hosts out of service at once"},
