@@ -197,8 +197,9 @@ func (r Rule) Args(op string, pos ...int) []string {
 
 func (r Rule) String() string { return strings.Join(r.Args("-A"), " ") }
 
-// ruleSet is one family's rules for a drop: the DROP rule and, above it,
-// one ACCEPT rule per exempt source of that family.
+// ruleSet is one family's rules for a drop: the DROP rule (for every
+// interface but loopback) and, above it, one ACCEPT rule per exempt source
+// of that family.
 type ruleSet struct {
 	Drop    Rule
 	Accepts []Rule
@@ -214,7 +215,10 @@ func dropRules(families []string, chain, proto string, ports PortRange, sources 
 	}
 	var sets []ruleSet
 	for _, fam := range families {
-		s := ruleSet{Drop: Rule{Family: fam, Chain: chain, Spec: append(match(), "-j", "DROP")}}
+		// Loopback stays open: health probes run on the gateway itself
+		// (through SSH) while its port is closed to the network.
+		drop := append([]string{"!", "-i", "lo"}, match()...)
+		s := ruleSet{Drop: Rule{Family: fam, Chain: chain, Spec: append(drop, "-j", "DROP")}}
 		for _, src := range sources {
 			if src.Addr().Is4() != (fam == IPv4) {
 				continue

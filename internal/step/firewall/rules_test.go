@@ -81,7 +81,7 @@ func TestDropRules(t *testing.T) {
 	if len(sets) != 2 || len(sets[0].Accepts) != 1 || len(sets[1].Accepts) != 1 {
 		t.Fatalf("sets: %+v", sets)
 	}
-	want := "iptables -w -I INPUT 1 -p tcp -m tcp --dport 4000 -m comment --comment runbook:r1:t1 -j DROP"
+	want := "iptables -w -I INPUT 1 ! -i lo -p tcp -m tcp --dport 4000 -m comment --comment runbook:r1:t1 -j DROP"
 	if got := strings.Join(sets[0].Drop.Args("-I", 1), " "); got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
