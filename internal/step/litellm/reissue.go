@@ -220,6 +220,7 @@ type issued struct {
 	path   string
 	key    secret.Value
 	reused bool // written to Vault by an earlier attempt of this run
+	fresh  bool // the path had no version when listed
 }
 
 // Apply implements step.Step.
@@ -344,6 +345,20 @@ func (r *Reissue) storeInVault(ctx context.Context, env *step.Env, vc *vault.Cli
 		seen[p] = k.Token
 		out[i] = issued{row: k, path: p}
 	}
+	// Paths missing from the listing hold no record of any run, this one's
+	// included: they are written (check-and-set: must not exist) without
+	// reading them first, which halves the requests for new paths.
+	names, err := vc.List(ctx, r.VaultPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("re-issue virtual keys: %w", err)
+	}
+	exists := make(map[string]bool, len(names))
+	for _, n := range names {
+		exists[r.VaultPrefix+"/"+n] = true
+	}
+	for i := range out {
+		out[i].fresh = !exists[out[i].path]
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -393,12 +408,21 @@ feed:
 	return out, nil
 }
 
-// storeOne reads the key's Vault path: a record this run wrote for the same
-// old hash gives back its key; otherwise a new key is made and written over
-// the version read (check-and-set), so a concurrent writer is detected.
+// storeOne reads the key's Vault path (unless it was not listed): a record
+// this run wrote for the same old hash gives back its key; otherwise a new
+// key is made and written over the version read (check-and-set), so a
+// concurrent writer is detected.
 func (r *Reissue) storeOne(ctx context.Context, env *step.Env, vc *vault.Client, is *issued) error {
 	cas := 0
-	e, err := vc.Read(ctx, is.path, vaultPlainFields...)
+	var (
+		e   *vault.Entry
+		err error
+	)
+	if !is.fresh {
+		e, err = vc.Read(ctx, is.path, vaultPlainFields...)
+	} else {
+		err = vault.ErrNotFound
+	}
 	switch {
 	case err == nil:
 		k := e.Secret(VaultKeyField)
