@@ -374,7 +374,9 @@ func hostNet(host string) string {
 // and PID namespaces: sshd is the host's PID 1, so processes that outlive
 // their SSH session (the gateway started by systemctl) are reaped by it,
 // as init reaps them on a real host, and die with it.
-func (l *Lab) bootHost(ctx context.Context, g *Gateway) error {
+// It reports the PIDs through started (under the caller's lock) as soon as
+// they are known, so that a failed Up can still end them.
+func (l *Lab) bootHost(ctx context.Context, g *Gateway, started func(boot, sshd int)) error {
 	base := filepath.Dir(g.Dir)
 	pid, err := daemon("ip", []string{"netns", "exec", g.Namespace,
 		"unshare", "--uts", "--mount", "--propagation", "private",
@@ -384,12 +386,12 @@ func (l *Lab) bootHost(ctx context.Context, g *Gateway) error {
 	if err != nil {
 		return fmt.Errorf("boot %s: %w", g.Name, err)
 	}
-	g.BootPID = pid
+	started(pid, 0)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if listensOn(pid, 22) {
 			if kids := childrenOf(pid); len(kids) == 1 && runs(kids[0], "sshd") {
-				g.SSHDPID = kids[0]
+				started(pid, kids[0])
 				return nil
 			}
 		}

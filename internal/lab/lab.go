@@ -363,12 +363,15 @@ func up(ctx context.Context, cfg Config) (l *Lab, err error) {
 			}
 			traceUp(t0, "namespaces and veths")
 			hostsErr = errors.Join(parallel(len(l.Gateways), func(i int) error {
-				err := l.bootHost(ctx, l.Gateways[i])
-				mu.Lock()
-				defer mu.Unlock()
-				if werr := st.write(); err == nil {
-					err = werr
-				}
+				g := l.Gateways[i]
+				err := l.bootHost(ctx, g, func(boot, sshd int) {
+					mu.Lock()
+					defer mu.Unlock()
+					g.BootPID, g.SSHDPID = boot, sshd
+					if sshd != 0 {
+						_ = st.write()
+					}
+				})
 				return err
 			})...)
 			traceUp(t0, "sshd listening on every host")
