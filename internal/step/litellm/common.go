@@ -28,6 +28,17 @@ import (
 // it already changed and responders can find them.
 func RunMarker(runID string) string { return "runbook:" + runID }
 
+// TokenFingerprint is the fingerprint (secret.Value.Fingerprint) of the key
+// whose token hash is h: "sha256:" and the hash's first 16 hex digits. It
+// names a key in notes and errors the way the rest of the record does,
+// without its value.
+func TokenFingerprint(h string) string {
+	if len(h) > 16 {
+		h = h[:16]
+	}
+	return "sha256:" + h
+}
+
 func hostsDep(env *step.Env) (step.HostsDep, error) {
 	d, ok := env.Deps.(step.HostsDep)
 	if !ok {

@@ -143,7 +143,7 @@ func (e *Exposure) report(ctx context.Context, env *step.Env) (*ll.ExposureRepor
 		for h, alias := range old {
 			label := "virtual key " + alias
 			if alias == "" {
-				label = "virtual key " + secret.Fingerprint(h)
+				label = "virtual key " + TokenFingerprint(h)
 			}
 			q.Keys[h] = label + " (old value)"
 		}
@@ -151,7 +151,7 @@ func (e *Exposure) report(ctx context.Context, env *step.Env) (*ll.ExposureRepor
 	}
 	for _, h := range e.TokenHashes {
 		if _, ok := q.Keys[h]; !ok {
-			q.Keys[h] = "key " + secret.Fingerprint(h)
+			q.Keys[h] = "key " + TokenFingerprint(h)
 		}
 	}
 	if len(e.TokenHashes) > 0 {

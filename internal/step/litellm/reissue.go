@@ -340,7 +340,7 @@ func (r *Reissue) storeInVault(ctx context.Context, env *step.Env, vc *vault.Cli
 		p := VaultPath(r.VaultPrefix, k)
 		if other, dup := seen[p]; dup {
 			return nil, fmt.Errorf("re-issue virtual keys: keys %s and %s would share vault path %s",
-				secret.Fingerprint(other), secret.Fingerprint(k.Token), vc.Display(p))
+				TokenFingerprint(other), TokenFingerprint(k.Token), vc.Display(p))
 		}
 		seen[p] = k.Token
 		out[i] = issued{row: k, path: p}
@@ -477,7 +477,7 @@ const maxNoteAliases = 2000
 
 // reissueNote lists, for the owners to notify, the teams and aliases whose
 // keys were re-issued. It holds no key value: keys without an alias are
-// named by the fingerprint of their old hash.
+// named by their old value's fingerprint (the prefix of its hash).
 func reissueNote(env *step.Env, r *Reissue, out []issued, missing map[string]bool, res ll.ReissueResult) journal.Note {
 	byTeam := map[string][]string{}
 	for _, is := range out {
@@ -490,7 +490,7 @@ func reissueNote(env *step.Env, r *Reissue, out []issued, missing map[string]boo
 		}
 		name := is.row.Alias
 		if name == "" {
-			name = "(no alias) " + secret.Fingerprint(is.row.Token)
+			name = "(no alias) " + TokenFingerprint(is.row.Token)
 			if is.row.UserID != "" {
 				name += " user " + is.row.UserID
 			}

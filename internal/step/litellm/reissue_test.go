@@ -547,3 +547,10 @@ func TestReissueKilled(t *testing.T) {
 	}
 	w.checkReissued(before, rows, runID, "litellm/virtual-keys")
 }
+
+func TestTokenFingerprint(t *testing.T) {
+	k, _ := ll.NewVirtualKey()
+	if got := TokenFingerprint(ll.HashToken(k.Reveal())); got != k.Fingerprint() {
+		t.Errorf("fingerprint from the hash %s, of the key %s", got, k.Fingerprint())
+	}
+}
