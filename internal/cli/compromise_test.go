@@ -1,0 +1,236 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/runbook-dev/runbook/internal/engine"
+	"github.com/runbook-dev/runbook/internal/lab"
+	"github.com/runbook-dev/runbook/internal/lab/labtest"
+	"github.com/runbook-dev/runbook/internal/litellm"
+	"github.com/runbook-dev/runbook/internal/secret"
+	"github.com/runbook-dev/runbook/internal/vault"
+)
+
+// status asks a gateway for /v1/models with key and returns the HTTP status
+// (0 when the gateway does not answer).
+func status(t *testing.T, base string, key secret.Value) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, base+"/v1/models", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+key.Reveal())
+	c := &http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func labEnv(lb *lab.Lab) []string {
+	return []string{
+		"VAULT_ADDR=" + lb.Vault.Addr,
+		"VAULT_TOKEN=" + lb.Vault.RunnerToken.Reveal(),
+		"DATABASE_URL=" + lb.DatabaseURL,
+	}
+}
+
+// TestCompromiseMasterOnTheLab runs the main job the way a responder does,
+// against 3 real gateways, Vault and PostgreSQL, after a dry run: the run
+// changes what the plan said; afterwards every gateway serves on the new
+// master key, the old master and virtual keys are refused, the new virtual
+// keys (from Vault) are accepted, containment is lifted, the record's phase
+// times meet their targets, and no key value is in any output, journal or
+// record.
+func TestCompromiseMasterOnTheLab(t *testing.T) {
+	if testing.Short() {
+		t.Skip("brings up the lab")
+	}
+	lb := labtest.Full(t, 3)
+	ctx := context.Background()
+	abs, err := filepath.Abs("../../runbooks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWorkdir(t, "", nil)
+	env := append(labEnv(lb), "RUNBOOK_INVENTORY="+lb.InventoryPath, "RUNBOOK_RUNBOOKS="+abs)
+	// workdir sets RUNBOOK_INVENTORY to its own file; the later value wins.
+
+	planOut, errOut, code := w.run(env, "exec", "compromise-master", "--dry-run", "-o", "json", "--reason", "test: key in a public repo")
+	if code != 0 {
+		t.Fatalf("dry run: exit %d\n%s%s", code, planOut, errOut)
+	}
+	var plan planJSON
+	if err := json.Unmarshal([]byte(planOut), &plan); err != nil {
+		t.Fatalf("plan JSON: %v\n%s", err, planOut)
+	}
+	for _, g := range lb.Gateways {
+		if st := status(t, g.URL(), lb.MasterKey); st != 200 {
+			t.Fatalf("the dry run changed %s: master key gets %d", g.Name, st)
+		}
+	}
+
+	runOut, errOut, code := w.run(env, "exec", "compromise-master", "--yes", "-o", "json", "--reason", "test: key in a public repo")
+	if code != 0 {
+		t.Fatalf("run: exit %d\n%s%s", code, runOut, errOut)
+	}
+
+	// The run changed exactly what the plan predicted (a plan's "change
+	// after" resolves to a change once its dependency ran).
+	predicted, changed := map[string]bool{}, map[string]bool{}
+	for _, it := range plan.Items {
+		if it.Status == engine.StatusChange || it.Status == engine.StatusChangeAfter {
+			predicted[it.Step+"@"+it.Host] = true
+		}
+	}
+	for _, line := range strings.Split(runOut, "\n") {
+		var ev struct {
+			Event string       `json:"event"`
+			Type  string       `json:"type"`
+			Item  *engine.Item `json:"item"`
+		}
+		if json.Unmarshal([]byte(line), &ev) != nil || ev.Item == nil || ev.Type != string(engine.EventHostDone) {
+			continue
+		}
+		if ev.Item.Status == engine.StatusChanged {
+			changed[ev.Item.Step+"@"+ev.Item.Host] = true
+		}
+	}
+	if fmt.Sprint(sortedSet(predicted)) != fmt.Sprint(sortedSet(changed)) {
+		t.Errorf("plan predicted %v\nrun changed %v", sortedSet(predicted), sortedSet(changed))
+	}
+
+	vc, err := vault.New(ctx, vault.Config{Address: lb.Vault.Addr, Token: lb.Vault.RootToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := vc.ReadCurrent(ctx, "litellm/master")
+	if err != nil {
+		t.Fatal(err)
+	}
+	newMaster := cur.Secret("key")
+	if cur.Version != 2 || newMaster.IsZero() || newMaster.Equal(lb.MasterKey) {
+		t.Fatalf("Vault's current master key is version %d; want a new version 2", cur.Version)
+	}
+	for _, g := range lb.Gateways {
+		if st := status(t, g.URL(), newMaster); st != 200 {
+			t.Errorf("%s: new master key gets %d, want 200 (containment lifted, serving)", g.Name, st)
+		}
+		if st := status(t, g.URL(), lb.MasterKey); st != 401 {
+			t.Errorf("%s: old master key gets %d, want 401", g.Name, st)
+		}
+	}
+
+	// Every virtual key: the old value is refused, the new one from Vault
+	// accepted (unless the key is blocked or expired).
+	secrets := []secret.Value{newMaster}
+	gw := lb.Gateways[0].URL()
+	for _, k := range lb.Seed.Keys {
+		if st := status(t, gw, k.Key); st != 401 {
+			t.Errorf("old virtual key %s gets %d, want 401", secret.Fingerprint(k.Key.Reveal()), st)
+		}
+		name := k.Alias
+		if name == "" {
+			name = k.Hash
+		}
+		e, err := vc.Read(ctx, "litellm/virtual-keys/"+name)
+		if err != nil {
+			t.Errorf("no new key in Vault for %s: %v", name, err)
+			continue
+		}
+		nk := e.Secret("key")
+		secrets = append(secrets, nk)
+		want := 200
+		if k.Blocked || k.Expired {
+			want = 401
+		}
+		if st := status(t, gw, nk); st != want {
+			t.Errorf("new key for %s gets %d, want %d", name, st, want)
+		}
+		if litellm.HashToken(nk.Reveal()) == k.Hash {
+			t.Errorf("key %s was not replaced", name)
+		}
+	}
+
+	// The record: succeeded, every phase within its target.
+	recs, _ := filepath.Glob(filepath.Join(w.dir, "records", "*-compromise-master-*.json"))
+	if len(recs) != 1 {
+		t.Fatalf("%d JSON records", len(recs))
+	}
+	b, err := os.ReadFile(recs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec struct {
+		Status string `json:"status"`
+		Phases []struct {
+			Name, Met string
+		} `json:"phases"`
+		FollowUps []string `json:"follow_ups"`
+	}
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Status != "succeeded" || len(rec.Phases) != 3 || len(rec.FollowUps) == 0 {
+		t.Fatalf("record: %+v", rec)
+	}
+	for _, ph := range rec.Phases {
+		if ph.Met != "yes" {
+			t.Errorf("phase %s met its target: %s", ph.Name, ph.Met)
+		}
+	}
+
+	// No key value anywhere the run wrote or printed.
+	for _, k := range lb.Seed.Keys {
+		secrets = append(secrets, k.Key)
+	}
+	leakScan(t, append(secrets, lb.MasterKey), map[string][]byte{"plan stdout": []byte(planOut), "run stdout": []byte(runOut), "run stderr": []byte(errOut)}, w.dir)
+}
+
+func sortedSet(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// leakScan fails when any secret value appears in the given outputs or in
+// any file under dirs (journals, records, state).
+func leakScan(t *testing.T, secrets []secret.Value, outputs map[string][]byte, dirs ...string) {
+	t.Helper()
+	check := func(where string, b []byte) {
+		for _, s := range secrets {
+			if !s.IsZero() && strings.Contains(string(b), s.Reveal()) {
+				t.Errorf("secret %s found in %s", s.Fingerprint(), where)
+			}
+		}
+	}
+	for where, b := range outputs {
+		check(where, b)
+	}
+	for _, d := range dirs {
+		_ = filepath.Walk(d, func(p string, info os.FileInfo, err error) error {
+			if err != nil || info.IsDir() {
+				return nil
+			}
+			b, err := os.ReadFile(p)
+			if err == nil {
+				check(p, b)
+			}
+			return nil
+		})
+	}
+}
