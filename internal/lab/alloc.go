@@ -203,11 +203,7 @@ func cleanupPrefix(prefix string) []error {
 			nss = append(nss, e.Name())
 		}
 	}
-	var pids []int
-	for _, ns := range nss {
-		pids = append(pids, netnsPIDs(ns)...)
-	}
-	if err := terminate(3*time.Second, pids...); err != nil {
+	if err := terminate(3*time.Second, netnsPIDsOf(nss...)...); err != nil {
 		errs = append(errs, err)
 	}
 	// Deleting a namespace destroys the veth end inside it and so the
@@ -294,10 +290,18 @@ func orphanServers(dir string) []int {
 }
 
 // netnsPIDs lists the processes whose network namespace is the named one.
-func netnsPIDs(ns string) []int {
-	var target os.FileInfo
-	target, err := os.Stat(filepath.Join("/run/netns", ns))
-	if err != nil {
+func netnsPIDs(ns string) []int { return netnsPIDsOf(ns) }
+
+// netnsPIDsOf lists the processes in any of the named network namespaces,
+// in one pass over /proc.
+func netnsPIDsOf(names ...string) []int {
+	var targets []os.FileInfo
+	for _, ns := range names {
+		if fi, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {
+			targets = append(targets, fi)
+		}
+	}
+	if len(targets) == 0 {
 		return nil
 	}
 	procs, _ := os.ReadDir("/proc")
@@ -311,8 +315,11 @@ func netnsPIDs(ns string) []int {
 		if err != nil {
 			continue
 		}
-		if os.SameFile(fi, target) {
-			pids = append(pids, pid)
+		for _, t := range targets {
+			if os.SameFile(fi, t) {
+				pids = append(pids, pid)
+				break
+			}
 		}
 	}
 	return pids

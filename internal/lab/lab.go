@@ -786,8 +786,11 @@ func down(dir string) error {
 	if err != nil {
 		return err
 	}
+	t0 := time.Now()
 	errs := st.stopProcesses()
+	traceUp(t0, "down: processes ended")
 	errs = append(errs, cleanupPrefix(st.Prefix)...)
+	traceUp(t0, "down: namespaces and veths deleted")
 	if err := releaseBlock(st.Block, dir); err != nil {
 		errs = append(errs, err)
 	}
@@ -801,19 +804,6 @@ func down(dir string) error {
 // nginx, Vault and PostgreSQL.
 func (st *state) stopProcesses() []error {
 	var errs []error
-	var pids []int
-	for _, g := range st.Gateways {
-		pids = append(pids, netnsPIDs(g.Namespace)...)
-		if g.SSHDPID > 0 && runs(g.SSHDPID, "sshd") {
-			pids = append(pids, g.SSHDPID)
-		}
-		if g.BootPID > 0 && runs(g.BootPID, "unshare") {
-			pids = append(pids, g.BootPID)
-		}
-	}
-	if err := terminate(5*time.Second, pids...); err != nil {
-		errs = append(errs, fmt.Errorf("stop gateway hosts: %w", err))
-	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	add := func(err error) {
@@ -822,6 +812,27 @@ func (st *state) stopProcesses() []error {
 			errs = append(errs, err)
 			mu.Unlock()
 		}
+	}
+	if len(st.Gateways) > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var names []string
+			var pids []int
+			for _, g := range st.Gateways {
+				names = append(names, g.Namespace)
+				if g.SSHDPID > 0 && runs(g.SSHDPID, "sshd") {
+					pids = append(pids, g.SSHDPID)
+				}
+				if g.BootPID > 0 && runs(g.BootPID, "unshare") {
+					pids = append(pids, g.BootPID)
+				}
+			}
+			pids = append(pids, netnsPIDsOf(names...)...)
+			if err := terminate(5*time.Second, pids...); err != nil {
+				add(fmt.Errorf("stop gateway hosts: %w", err))
+			}
+		}()
 	}
 	if st.Nginx != nil {
 		wg.Add(1)
