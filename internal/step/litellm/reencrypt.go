@@ -292,9 +292,10 @@ func (r *Reencrypt) Apply(ctx context.Context, env *step.Env) (step.Outputs, err
 		return nil, err
 	}
 	if encrypted > 0 {
-		fu := fmt.Sprintf("The gateways run without %s, so LiteLLM encrypted its %d stored values (upstream provider keys among them: %s) "+
-			"with the master key. Anyone holding the leaked master key and a copy of the database could read them: rotate those "+
-			"upstream keys at their providers, and consider setting %s.", SaltKeyVar, encrypted, countsByTable(encryptedByTable(scan)), SaltKeyVar)
+		fu := fmt.Sprintf("The gateways run without %s, so LiteLLM encrypted its %d stored values with the master key (%s). "+
+			"Upstream provider keys are among them, and anyone holding the leaked master key and a copy of the database could "+
+			"read them: rotate those upstream keys at their providers, and consider setting %s.",
+			SaltKeyVar, encrypted, countsByTable(encryptedByTable(scan)), SaltKeyVar)
 		if err := note(ctx, env, journal.Note{Kind: "follow_up", Text: fu}); err != nil {
 			return nil, err
 		}
