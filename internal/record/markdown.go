@@ -3,6 +3,7 @@ package record
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -83,7 +84,10 @@ func (r *Record) Markdown() []byte {
 			p(" (%s)", n.Step)
 		}
 		p("\n\n")
-		if n.Text != "" {
+		if strings.Contains(n.Text, "\n") {
+			// Reports are aligned text tables: keep them as they are.
+			p("~~~text\n%s\n~~~\n\n", strings.TrimRight(strings.ReplaceAll(n.Text, "~~~", "- - -"), "\n"))
+		} else if n.Text != "" {
 			p("%s\n\n", n.Text)
 		}
 		if len(n.Fields) > 0 {

@@ -36,6 +36,7 @@ func sampleJournal(t *testing.T) []journal.Record {
 		{Type: journal.TDone, Time: at(260), Step: "newkey", Change: "write a new master key", Outputs: map[string]string{"version": "3"}, Attempt: 1, Began: began(180)},
 		{Type: journal.TNote, Time: at(261), Step: "newkey", Note: &journal.Note{Kind: NoteFingerprint, Fields: map[string]string{"name": "master key (new)", "fingerprint": "sha256:0123456789abcdef"}}},
 		{Type: journal.TNote, Time: at(262), Step: "newkey", Note: &journal.Note{Kind: NoteFollowUp, Text: "Review audit logs for the exposure window"}},
+		{Type: journal.TNote, Time: at(263), Step: "newkey", Note: &journal.Note{Kind: "exposure_report", Text: "ADDRESS      REQUESTS\n203.0.113.7  10\n", Fields: map[string]string{"requests": "10"}}},
 		{Type: journal.TFailed, Time: at(400), Step: "start", Host: "gw1", Error: "start litellm on gw1: exit 1", Began: began(300)},
 		{Type: journal.TEnd, Time: at(410), End: &journal.End{Status: journal.StatusFailed, Error: "step start failed"}},
 	}
@@ -62,7 +63,7 @@ func TestBuildFromJournal(t *testing.T) {
 	want := map[string]struct {
 		d   time.Duration
 		met string
-	}{"contain": {60 * time.Millisecond, "yes"}, "rotate": {82 * time.Millisecond, "no"}, "recover": {100 * time.Millisecond, "yes"}}
+	}{"contain": {60 * time.Millisecond, "yes"}, "rotate": {83 * time.Millisecond, "no"}, "recover": {100 * time.Millisecond, "yes"}}
 	for _, ph := range r.Phases {
 		w := want[ph.Name]
 		if time.Duration(ph.Duration) != w.d || ph.Met != w.met {
