@@ -675,3 +675,22 @@ func hostKey() (ssh.PublicKey, error) {
 	}
 	return ssh.NewPublicKey(pub)
 }
+
+// TestGatewaysReachNothingElse: a gateway has a route to its own /30 and no
+// default route, so nothing it runs can reach past the lab.
+func TestGatewaysReachNothingElse(t *testing.T) {
+	l := sharedLab(t)
+	for _, g := range l.Gateways {
+		out, err := exec.Command("ip", "-n", g.Namespace, "-4", "route", "show").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v: %s", g.Name, err, out)
+		}
+		routes := strings.TrimSpace(string(out))
+		if strings.Contains(routes, "default") || strings.Count(routes, "\n") != 0 || !strings.HasSuffix(strings.Fields(routes)[0], "/30") {
+			t.Errorf("%s routes: %q, want only its /30", g.Name, routes)
+		}
+	}
+	if l.Nginx.Addr[:10] != "127.0.0.1:" || !strings.HasPrefix(l.Vault.Addr, "http://127.0.0.1:") {
+		t.Errorf("nginx %s and vault %s must listen on loopback", l.Nginx.Addr, l.Vault.Addr)
+	}
+}
