@@ -554,3 +554,41 @@ func TestTokenFingerprint(t *testing.T) {
 		t.Errorf("fingerprint from the hash %s, of the key %s", got, k.Fingerprint())
 	}
 }
+
+// TestReissueOddAliases: an alias that is not a plain path segment, or that
+// two keys share, stores the key under its old hash instead.
+func TestReissueOddAliases(t *testing.T) {
+	w := newWorld(t, worldOpts{seed: lab.SeedConfig{Keys: 10}})
+	ctx := context.Background()
+	rows := allRows(t, w)
+	set := func(tok, alias string) {
+		if _, err := w.pool.Exec(ctx, `UPDATE "LiteLLM_VerificationToken" SET key_alias = $2 WHERE token = $1`, tok, alias); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set(rows[0].Token, "ops+bot@example.com")
+	set(rows[1].Token, "team a/../x")
+	set(rows[2].Token, "shared")
+	set(rows[3].Token, "shared")
+	rows = allRows(t, w)
+	want := map[string]string{}
+	for _, r := range rows {
+		switch r.Alias {
+		case "ops+bot@example.com":
+			want[r.Token] = "litellm/virtual-keys/ops+bot@example.com"
+		case "team a/../x", "shared":
+			want[r.Token] = "litellm/virtual-keys/" + r.Token
+		}
+	}
+	before := w.keyStates()
+	if _, err := newStep(t, ReissueSpec, map[string]any{"all": true}).Apply(ctx, w.env("run-odd")); err != nil {
+		t.Fatal(err)
+	}
+	for tok, p := range want {
+		e, err := w.vc.Read(ctx, p, vaultPlainFields...)
+		if err != nil || e.Plain["old_token_hash"] != tok {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+	w.checkReissued(before, rows, "run-odd", "litellm/virtual-keys")
+}
