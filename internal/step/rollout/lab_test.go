@@ -448,8 +448,8 @@ func TestRolloutLab(t *testing.T) {
 	t.Run("compromise: containment lifted per host after its gate", func(t *testing.T) {
 		r.t = t
 		ctx := context.Background()
-		// Contain: the proxy's port dropped (loopback exempt, so the gate
-		// can probe through SSH) and the proxy stopped.
+		// Contain: the proxy's port dropped (loopback stays open, so the
+		// gate can probe through SSH) and the proxy stopped.
 		for _, h := range r.d.hosts {
 			tr, err := r.d.Transport(ctx, h)
 			if err != nil {
@@ -459,7 +459,7 @@ func TestRolloutLab(t *testing.T) {
 				spec *step.Spec
 				p    step.Params
 			}{
-				{firewall.DropSpec, step.Params{"port": "4000", "tag": "contain", "exempt_sources": []string{"127.0.0.1/32", "::1/128"}}},
+				{firewall.DropSpec, step.Params{"port": "4000", "tag": "contain"}},
 				{service.StopSpec, step.Params{"unit": "litellm"}},
 			} {
 				st, err := s.spec.New(s.p)

@@ -57,8 +57,8 @@
 //	    min_healthy: 0
 //	    lift_tag: drop-port     # the firewall.drop step of the containment
 //
-// The SSH probe connects to 127.0.0.1 on the gateway: the drop rule must
-// exempt loopback (firewall.drop exempt_sources: [127.0.0.1/32, ::1/128]).
+// The SSH probe connects to 127.0.0.1 on the gateway, which firewall.drop
+// leaves open.
 package rollout
 
 import (
