@@ -17,6 +17,7 @@ type execOptions struct {
 	yes               bool
 	drill             bool
 	acceptNewHostKeys bool
+	ifDue             ifDueOptions
 }
 
 func (o *execOptions) AddFlags(cmd *cobra.Command) {
@@ -24,6 +25,7 @@ func (o *execOptions) AddFlags(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&o.dryRun, "dry-run", false, "only plan: observe and report what would change (same as 'runbook plan')")
 	cmd.Flags().BoolVarP(&o.yes, "yes", "y", false, "run without showing the plan and asking first")
 	cmd.Flags().BoolVar(&o.acceptNewHostKeys, "accept-new-host-keys", false, "accept and journal the keys of hosts that known_hosts does not list (a changed key is never accepted)")
+	o.ifDue.AddFlags(cmd)
 }
 
 func newExecCommand(g *globals) *cobra.Command {
@@ -48,6 +50,9 @@ finishes it. Every run ends with an incident record in the records directory.`,
 }
 
 func (g *globals) runExec(ctx context.Context, name string, o *execOptions) error {
+	if o.ifDue.ifDue {
+		return g.runExecIfDue(ctx, name, o)
+	}
 	l, err := g.load(name)
 	if err != nil {
 		return err
