@@ -86,6 +86,7 @@ incident record. Every run is journaled and can be resumed after a crash.`,
 		newKindsCommand(g),
 		newSchemaCommand(g),
 		newKeysCommand(g),
+		newAuditCommand(g),
 		newVersionCommand(g),
 	)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
