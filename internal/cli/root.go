@@ -86,6 +86,8 @@ incident record. Every run is journaled and can be resumed after a crash.`,
 		newKindsCommand(g),
 		newSchemaCommand(g),
 		newKeysCommand(g),
+		newDueCommand(g),
+		newScheduleCommand(g),
 		newAuditCommand(g),
 		newVersionCommand(g),
 	)
