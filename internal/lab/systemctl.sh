@@ -70,8 +70,28 @@ running() {
 	return 0
 }
 
+# listening: something listens on port 4000 in this host's network
+# namespace. Builtins only: no process per poll.
 listening() {
-	grep -q ":$PORT_HEX 0\{8,32\}:0000 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null
+	for f in /proc/net/tcp6 /proc/net/tcp; do
+		[ -r "$f" ] || continue
+		while read -r _sl local _rem st _rest; do
+			case $local in *":$PORT_HEX") [ "$st" = 0A ] && return 0 ;; esac
+		done <"$f"
+	done
+	return 1
+}
+
+# nap: sleep a little longer each time, up to 50 ms (sleep is a program:
+# polling every few milliseconds would cost more than it saves).
+NAP=0.005
+nap() {
+	sleep "$NAP"
+	case $NAP in
+	0.005) NAP=0.01 ;;
+	0.01) NAP=0.02 ;;
+	*) NAP=0.05 ;;
+	esac
 }
 
 # state: active, failed (died without a stop) or inactive.
@@ -99,15 +119,22 @@ do_start() {
 	# A unit starts with a clean environment plus its EnvironmentFile, and
 	# never holds its caller's output open.
 	(
-		for v in $(export -p | sed -n 's/^export \([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p'); do
-			case $v in PATH | LANG | TZ) ;; *) unset "$v" 2>/dev/null ;; esac
-		done
+		umask 077
+		export -p >"$RUN/.caller-env"
+		while IFS= read -r l; do
+			case $l in "export "[A-Za-z_]*) ;; *) continue ;; esac
+			v=${l#export }
+			v=${v%%=*}
+			case $v in PATH | LANG | TZ | *[!A-Za-z0-9_]*) ;; *) unset "$v" 2>/dev/null ;; esac
+		done <"$RUN/.caller-env"
+		rm -f "$RUN/.caller-env"
 		export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 		if [ -r "$ENVFILE" ]; then
 			while IFS= read -r line || [ -n "$line" ]; do
 				case $line in '' | '#'* | ';'*) continue ;; *=*) export "$line" ;; esac
 			done <"$ENVFILE"
 		fi
+		umask 022
 		exec setsid "$GATEWAY" --config "$CONF" --port 4000 --host 0.0.0.0
 	) </dev/null >>"$LOG" 2>&1 &
 	PID=$!
@@ -130,12 +157,12 @@ do_start() {
 			esac
 		fi
 		i=$((i + 1))
-		if [ "$i" -gt 3000 ]; then
+		if [ "$i" -gt 1200 ]; then
 			echo "Job for $UNIT failed because a timeout was exceeded." >&2
 			kill -KILL "$PID" 2>/dev/null
 			return 1
 		fi
-		sleep 0.01
+		nap
 	done
 }
 
@@ -146,13 +173,14 @@ do_stop() {
 		i=0
 		while running; do
 			i=$((i + 1))
-			if [ "$i" -eq 1000 ]; then
+			# About 90 s, as systemd's default stop timeout, then SIGKILL.
+			if [ "$i" -eq 1800 ]; then
 				kill -KILL "$PID" 2>/dev/null
-			elif [ "$i" -gt 1500 ]; then
+			elif [ "$i" -gt 1900 ]; then
 				echo "Failed to stop $UNIT: process $PID did not exit." >&2
 				return 1
 			fi
-			sleep 0.01
+			nap
 		done
 	fi
 	rm -f "$PIDFILE"
