@@ -89,6 +89,7 @@ incident record. Every run is journaled and can be resumed after a crash.`,
 		newDueCommand(g),
 		newScheduleCommand(g),
 		newAuditCommand(g),
+		newDrillCommand(g),
 		newVersionCommand(g),
 	)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
