@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -16,24 +17,41 @@ import (
 	"github.com/runbook-dev/runbook/internal/secret"
 )
 
-func seeded(t *testing.T, cfg lab.SeedConfig) (*pgx.Conn, *lab.SeedResult) {
+// seeder seeds a fresh database per test on one cluster: starting a
+// cluster costs seconds on a busy machine.
+type seeder struct {
+	pg *lab.Postgres
+	n  int
+}
+
+func (s *seeder) seed(t *testing.T, cfg lab.SeedConfig) (*pgx.Conn, *lab.SeedResult) {
 	t.Helper()
-	pg := labtest.Postgres(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := pg.CreateDatabase(ctx, "litellm"); err != nil {
+	s.n++
+	db := fmt.Sprintf("litellm_%d", s.n)
+	if err := s.pg.CreateDatabase(ctx, db); err != nil {
 		t.Fatal(err)
 	}
-	res, err := lab.Seed(ctx, pg.URL("litellm"), cfg)
+	res, err := lab.Seed(ctx, s.pg.URL(db), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := pgx.Connect(context.Background(), pg.URL("litellm"))
+	conn, err := pgx.Connect(context.Background(), s.pg.URL(db))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
 	return conn, res
+}
+
+// TestAtRestAndReissueSQL runs the database tests of re-encryption and
+// re-issue on one cluster.
+func TestAtRestAndReissueSQL(t *testing.T) {
+	s := &seeder{pg: labtest.Postgres(t)}
+	t.Run("reencrypt", func(t *testing.T) { testReencryptAtRest(t, s) })
+	t.Run("undecryptable", func(t *testing.T) { testReencryptUndecryptable(t, s) })
+	t.Run("reissue without cascade", func(t *testing.T) { testApplyReissueWithoutCascade(t, s) })
 }
 
 // storedValue reads one seeded value back from the database.
@@ -72,10 +90,10 @@ func storedValue(t *testing.T, conn *pgx.Conn, v lab.SeededValue) string {
 	return s
 }
 
-func TestReencryptAtRest(t *testing.T) {
+func testReencryptAtRest(t *testing.T, s *seeder) {
 	oldKey, _ := litellm.NewMasterKey()
 	newKey, _ := litellm.NewMasterKey()
-	conn, res := seeded(t, lab.SeedConfig{MasterKey: oldKey, Keys: 40})
+	conn, res := s.seed(t, lab.SeedConfig{MasterKey: oldKey, Keys: 40})
 	ctx := context.Background()
 	keys := litellm.ReencryptKeys{Old: oldKey, New: newKey}
 
@@ -163,11 +181,11 @@ func TestReencryptAtRest(t *testing.T) {
 	}
 }
 
-func TestReencryptUndecryptable(t *testing.T) {
+func testReencryptUndecryptable(t *testing.T, s *seeder) {
 	oldKey, _ := litellm.NewMasterKey()
 	newKey, _ := litellm.NewMasterKey()
 	other := secret.New("sk-some-other-key-entirely-0123456789")
-	conn, res := seeded(t, lab.SeedConfig{MasterKey: oldKey, Keys: 10})
+	conn, res := s.seed(t, lab.SeedConfig{MasterKey: oldKey, Keys: 10})
 	ctx := context.Background()
 	ct, _ := litellm.Encrypt(other, []byte("sk-upstream-unknown"), litellm.FormatV2GCM)
 	if _, err := conn.Exec(ctx, `INSERT INTO "LiteLLM_CredentialsTable" (credential_id, credential_name, credential_values, created_by, updated_by)
@@ -208,11 +226,11 @@ func TestReencryptUndecryptable(t *testing.T) {
 	}
 }
 
-// TestApplyReissueWithoutCascade: a database whose JWT mapping foreign key
+// testApplyReissueWithoutCascade: a database whose JWT mapping foreign key
 // does not exist (older schemas) still gets its mappings moved.
-func TestApplyReissueWithoutCascade(t *testing.T) {
+func testApplyReissueWithoutCascade(t *testing.T, s *seeder) {
 	mk, _ := litellm.NewMasterKey()
-	conn, res := seeded(t, lab.SeedConfig{MasterKey: mk, Keys: 40})
+	conn, res := s.seed(t, lab.SeedConfig{MasterKey: mk, Keys: 40})
 	ctx := context.Background()
 	if _, err := conn.Exec(ctx, `ALTER TABLE "LiteLLM_JWTKeyMapping" DROP CONSTRAINT "LiteLLM_JWTKeyMapping_token_fkey"`); err != nil {
 		t.Fatal(err)
