@@ -420,6 +420,11 @@ func hostNet(host string) string {
 // they are known, so that a failed Up can still end them.
 func (l *Lab) bootHost(ctx context.Context, g *Gateway, started func(boot, sshd int)) error {
 	base := filepath.Dir(g.Dir)
+	// sshd's privilege separation directory, which its package's init
+	// script would create.
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
+		return fmt.Errorf("boot %s: %w", g.Name, err)
+	}
 	pid, err := startInNetns(g.Namespace, "/bin/sh", []string{filepath.Join(base, "boot.sh")},
 		minimalEnv(), filepath.Join(base, "sshd.log"))
 	if err != nil {
