@@ -69,14 +69,29 @@ func (g *globals) runResume(ctx context.Context, runID string) error {
 	}
 	store.Close()
 	h := st.Header
-	reg := all.Registry()
+	l, err := reloadRun(st, "resume", "restore the files as they were, or start a new run with 'runbook exec'")
+	if err != nil {
+		return err
+	}
+	if err := runbook.Validate(l.rb, l.reg, l.inv); err != nil {
+		return withCode(ExitUsage, err)
+	}
+	return g.execute(ctx, runRequest{l: l, inputs: h.Inputs, reason: h.Reason, drill: h.Drill, runID: runID, replay: st})
+}
+
+// reloadRun loads the runbook and inventory a run began with, from the
+// paths its journal header names, and refuses (naming what differs) when
+// either changed since: verb is the operation refused ("resume",
+// "rollback"), hint says what to do about it.
+func reloadRun(st *journal.State, verb, hint string) (*loaded, error) {
+	h := st.Header
 	rb, err := runbook.LoadFile(h.RunbookFile)
 	if err != nil {
-		return withCode(ExitResumeRefused, fmt.Errorf("resume %s: %w", runID, err))
+		return nil, withCode(ExitResumeRefused, fmt.Errorf("%s %s: %w", verb, h.RunID, err))
 	}
 	inv, err := inventory.LoadFile(h.InventoryFile)
 	if err != nil {
-		return withCode(ExitResumeRefused, fmt.Errorf("resume %s: %w", runID, err))
+		return nil, withCode(ExitResumeRefused, fmt.Errorf("%s %s: %w", verb, h.RunID, err))
 	}
 	var differs []string
 	if rb.Digest != h.RunbookDigest {
@@ -86,13 +101,8 @@ func (g *globals) runResume(ctx context.Context, runID string) error {
 		differs = append(differs, fmt.Sprintf("inventory %s (was %s, now %s)", h.InventoryFile, h.InventoryDigest, inv.Digest))
 	}
 	if len(differs) > 0 {
-		return withCode(ExitResumeRefused,
-			fmt.Errorf("resume %s refused: changed since the run began: %s", runID, strings.Join(differs, "; ")),
-			"restore the files as they were, or start a new run with 'runbook exec'")
+		return nil, withCode(ExitResumeRefused,
+			fmt.Errorf("%s %s refused: changed since the run began: %s", verb, h.RunID, strings.Join(differs, "; ")), hint)
 	}
-	if err := runbook.Validate(rb, reg, inv); err != nil {
-		return withCode(ExitUsage, err)
-	}
-	l := &loaded{rb: rb, inv: inv, reg: reg}
-	return g.execute(ctx, runRequest{l: l, inputs: h.Inputs, reason: h.Reason, drill: h.Drill, runID: runID, replay: st})
+	return &loaded{rb: rb, inv: inv, reg: all.Registry()}, nil
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/runbook-dev/runbook/internal/journal"
 	"github.com/runbook-dev/runbook/internal/runbook"
 	"github.com/runbook-dev/runbook/internal/secret"
-	"github.com/runbook-dev/runbook/internal/step/all"
 	"github.com/runbook-dev/runbook/internal/step/rollout"
 )
 
@@ -66,28 +65,12 @@ func (g *globals) runRollback(ctx context.Context, runID string, o *rollbackOpti
 		return err
 	}
 	h := st.Header
-	reg := all.Registry()
-	rb, err := runbook.LoadFile(h.RunbookFile)
+	orig, err := reloadRun(st, "rollback", "restore the files as they were; the rollback re-reads the rollout's settings from them")
 	if err != nil {
-		return withCode(ExitResumeRefused, fmt.Errorf("rollback %s: %w", runID, err))
+		return err
 	}
-	inv, err := inventory.LoadFile(h.InventoryFile)
-	if err != nil {
-		return withCode(ExitResumeRefused, fmt.Errorf("rollback %s: %w", runID, err))
-	}
-	var differs []string
-	if rb.Digest != h.RunbookDigest {
-		differs = append(differs, fmt.Sprintf("runbook %s (was %s, now %s)", h.RunbookFile, h.RunbookDigest, rb.Digest))
-	}
-	if inv.Digest != h.InventoryDigest {
-		differs = append(differs, fmt.Sprintf("inventory %s (was %s, now %s)", h.InventoryFile, h.InventoryDigest, inv.Digest))
-	}
-	if len(differs) > 0 {
-		return withCode(ExitResumeRefused,
-			fmt.Errorf("rollback %s refused: changed since the run began: %s", runID, strings.Join(differs, "; ")),
-			"restore the files as they were; the rollback re-reads the rollout's settings from them")
-	}
-	steps, skipped, err := rollbackSteps(rb, inv, st)
+	reg, inv := orig.reg, orig.inv
+	steps, skipped, err := rollbackSteps(orig.rb, inv, st)
 	if err != nil {
 		return withCode(ExitUsage, fmt.Errorf("rollback %s: %w", runID, err))
 	}
