@@ -12,6 +12,7 @@ import (
 type Masker struct {
 	mu     sync.RWMutex
 	values [][]byte
+	known  map[string]bool
 }
 
 // Add registers values to be masked. Values shorter than 6 bytes are ignored:
@@ -19,24 +20,23 @@ type Masker struct {
 func (m *Masker) Add(vs ...Value) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.known == nil {
+		m.known = map[string]bool{}
+	}
+	added := false
 	for _, v := range vs {
 		b := v.Bytes()
-		if len(b) < 6 {
+		if len(b) < 6 || m.known[string(b)] {
 			continue
 		}
-		dup := false
-		for _, have := range m.values {
-			if bytes.Equal(have, b) {
-				dup = true
-				break
-			}
-		}
-		if !dup {
-			m.values = append(m.values, b)
-		}
+		m.known[string(b)] = true
+		m.values = append(m.values, b)
+		added = true
 	}
-	// Longest first, so a secret that contains another is masked whole.
-	sort.Slice(m.values, func(i, j int) bool { return len(m.values[i]) > len(m.values[j]) })
+	if added {
+		// Longest first, so a secret that contains another is masked whole.
+		sort.Slice(m.values, func(i, j int) bool { return len(m.values[i]) > len(m.values[j]) })
+	}
 }
 
 // Mask returns b with every known secret replaced.
