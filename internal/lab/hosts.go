@@ -30,7 +30,7 @@ import (
 var SSHDBin = "/usr/sbin/sshd"
 
 // ErrNoSSHD means OpenSSH's server or a tool the gateway hosts need (ip,
-// unshare, nsenter) is missing, or the caller is not root.
+// nsenter, setsid, mount) is missing, or the caller is not root.
 var ErrNoSSHD = errors.New("gateway hosts cannot run here")
 
 // SudoUser is the non-root login user of the sudo gateway (gw2): it may run
@@ -62,8 +62,9 @@ type Gateway struct {
 	RunDir string `json:"run_dir"`
 	// HostKeyLine is the host key in authorized_keys form.
 	HostKeyLine string `json:"host_key"`
-	// SSHDPID is sshd (the host's PID 1) as seen from the root namespace;
-	// BootPID is its parent there, which holds the PID namespace.
+	// SSHDPID is sshd, the host's PID 1, as seen from the root namespace.
+	// BootPID is the process the lab started for the host (the same
+	// process: the boot script execs sshd).
 	SSHDPID int `json:"sshd_pid"`
 	BootPID int `json:"boot_pid"`
 
@@ -98,7 +99,7 @@ func hostsAvailable() error {
 	if !isExec(SSHDBin) {
 		return fmt.Errorf("%w: %s not found", ErrNoSSHD, SSHDBin)
 	}
-	for _, tool := range []string{"ip", "unshare", "nsenter", "setsid", "mount"} {
+	for _, tool := range []string{"ip", "nsenter", "setsid", "mount"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%w: %s not found", ErrNoSSHD, tool)
 		}

@@ -824,9 +824,6 @@ func (st *state) stopProcesses() []error {
 				if g.SSHDPID > 0 && runs(g.SSHDPID, "sshd") {
 					pids = append(pids, g.SSHDPID)
 				}
-				if g.BootPID > 0 && runs(g.BootPID, "unshare") {
-					pids = append(pids, g.BootPID)
-				}
 			}
 			pids = append(pids, netnsPIDsOf(names...)...)
 			if err := terminate(5*time.Second, pids...); err != nil {
