@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/runbook-dev/runbook/internal/engine"
 	"github.com/runbook-dev/runbook/internal/lab"
@@ -67,6 +70,7 @@ func TestCompromiseMasterOnTheLab(t *testing.T) {
 	env := append(labEnv(lb), "RUNBOOK_INVENTORY="+lb.InventoryPath, "RUNBOOK_RUNBOOKS="+abs)
 	// workdir sets RUNBOOK_INVENTORY to its own file; the later value wins.
 
+	before := labSnapshot(t, lb)
 	planOut, errOut, code := w.run(env, "exec", "compromise-master", "--dry-run", "-o", "json", "--reason", "test: key in a public repo")
 	if code != 0 {
 		t.Fatalf("dry run: exit %d\n%s%s", code, planOut, errOut)
@@ -74,6 +78,16 @@ func TestCompromiseMasterOnTheLab(t *testing.T) {
 	var plan planJSON
 	if err := json.Unmarshal([]byte(planOut), &plan); err != nil {
 		t.Fatalf("plan JSON: %v\n%s", err, planOut)
+	}
+	// The dry run wrote nothing: Vault, the database and the gateways'
+	// files are as they were, byte for byte, and no run was journaled.
+	if after := labSnapshot(t, lb); after != before {
+		t.Fatalf("the dry run changed the lab:\nbefore %s\nafter  %s", before, after)
+	}
+	if _, err := os.Stat(filepath.Join(w.dir, "state")); err == nil {
+		if runs := w.runs(); len(runs) != 0 {
+			t.Fatalf("the dry run journaled %d run(s)", len(runs))
+		}
 	}
 	for _, g := range lb.Gateways {
 		if st := status(t, g.URL(), lb.MasterKey); st != 200 {
@@ -196,6 +210,49 @@ func TestCompromiseMasterOnTheLab(t *testing.T) {
 		secrets = append(secrets, k.Key)
 	}
 	leakScan(t, append(secrets, lb.MasterKey), map[string][]byte{"plan stdout": []byte(planOut), "run stdout": []byte(runOut), "run stderr": []byte(errOut)}, w.dir)
+}
+
+// labSnapshot digests what a run could change: Vault's master-key versions,
+// every LiteLLM table a kind writes, and each gateway's config and env files.
+func labSnapshot(t *testing.T, lb *lab.Lab) string {
+	t.Helper()
+	ctx := context.Background()
+	vc, err := vault.New(ctx, vault.Config{Address: lb.Vault.Addr, Token: lb.Vault.RootToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := vc.Metadata(ctx, "litellm/master")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &strings.Builder{}
+	fmt.Fprintf(h, "vault %d %d %v\n", md.CurrentVersion, len(md.Versions), md.CustomMetadata)
+	if keys, err := vc.List(ctx, "litellm/virtual-keys"); err == nil {
+		fmt.Fprintf(h, "virtual keys in vault %d\n", len(keys))
+	}
+	conn, err := pgx.Connect(ctx, lb.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for _, table := range []string{litellm.TableVerificationToken, litellm.TableJWTKeyMapping, litellm.TableDeprecatedVerificationToken,
+		litellm.TableDeletedVerificationToken, litellm.TableProxyModel, litellm.TableCredentials, litellm.TableConfig, litellm.TableTeam, litellm.TableUser} {
+		var sum string
+		if err := conn.QueryRow(ctx, "SELECT coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), 'empty') FROM "+table+" t").Scan(&sum); err != nil {
+			t.Fatalf("%s: %v", table, err)
+		}
+		fmt.Fprintf(h, "%s %s\n", table, sum)
+	}
+	for _, g := range lb.Gateways {
+		for _, p := range []string{g.ConfigPath(), g.EnvPath()} {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(h, "%s %x\n", p, sha256.Sum256(b))
+		}
+	}
+	return h.String()
 }
 
 func sortedSet(m map[string]bool) []string {
