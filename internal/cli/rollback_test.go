@@ -62,7 +62,7 @@ steps:
 // lab, then rolls it back with 'runbook rollback RUN_ID'.
 func TestRollbackLab(t *testing.T) {
 	if _, ok := all.Registry().Lookup(rollout.Spec.Name); !ok {
-		t.Skip(rollout.Spec.Name + " is not in the registry (step/all)")
+		t.Fatal(rollout.Spec.Name + " is not in the registry (step/all)")
 	}
 	l := labtest.Up(t, lab.Config{Gateways: 2, Postgres: true, Vault: true})
 	dir := t.TempDir()
