@@ -60,7 +60,7 @@ demo: build
 
 ## bench: benchmarks against the lab; writes BENCHMARKS.md
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 5x -count 1 -timeout 30m ./...
+	RUNBOOK_BENCH=full $(GO) test -run '^TestContainment$$' -count=1 -v -timeout 30m ./internal/bench/
 
 clean:
 	rm -rf $(BIN)
