@@ -62,5 +62,11 @@ demo: build
 bench: build
 	RUNBOOK_BENCH=full $(GO) test -run '^TestContainment$$' -count=1 -v -timeout 30m ./internal/bench/
 
+## reliability: the crash matrix against the lab (RELIABILITY=smoke for a handful of points); see internal/reliability/RELIABILITY.md
+RELIABILITY ?= full
+.PHONY: reliability
+reliability:
+	RUNBOOK_RELIABILITY=$(RELIABILITY) $(GO) test -count=1 -run TestReliability -v -timeout 60m ./internal/cli
+
 clean:
 	rm -rf $(BIN)
