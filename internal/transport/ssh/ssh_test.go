@@ -38,7 +38,7 @@ func dialer(t *testing.T, cfg rbssh.Config) *rbssh.Dialer {
 }
 
 func baseConfig(s *sshd) rbssh.Config {
-	return rbssh.Config{KnownHosts: s.KnownHosts, Identity: s.ClientKey, ConnectTimeout: 5 * time.Second}
+	return rbssh.Config{KnownHosts: s.KnownHosts, Identity: s.ClientKey, ConnectTimeout: 15 * time.Second}
 }
 
 func dial(t *testing.T, s *sshd, cfg rbssh.Config) *rbssh.Transport {
