@@ -233,39 +233,14 @@ func rollbackSteps(rb *runbook.Runbook, inv *inventory.Inventory, st *journal.St
 }
 
 // expandLiteral expands the templates in a parameter value as the run
-// did. The result goes into a runbook as a literal, so a value that would
-// read as a template there is refused.
+// did. The result goes into a runbook as a literal, so a referenced value
+// that would read as a template there is refused.
 func expandLiteral(v any, look runbook.Lookup) (any, error) {
-	switch x := v.(type) {
-	case string:
-		s, err := runbook.Expand(x, look)
-		if err != nil {
-			return nil, err
+	return runbook.ExpandValue(v, func(r runbook.Ref) (string, bool) {
+		s, ok := look(r)
+		if ok && runbook.HasTemplate(s) {
+			return "", false
 		}
-		if runbook.HasTemplate(s) {
-			return nil, fmt.Errorf("the value expands to text holding ${{")
-		}
-		return s, nil
-	case []any:
-		out := make([]any, len(x))
-		for i, e := range x {
-			ev, err := expandLiteral(e, look)
-			if err != nil {
-				return nil, err
-			}
-			out[i] = ev
-		}
-		return out, nil
-	case map[string]any:
-		out := make(map[string]any, len(x))
-		for k, e := range x {
-			ev, err := expandLiteral(e, look)
-			if err != nil {
-				return nil, err
-			}
-			out[k] = ev
-		}
-		return out, nil
-	}
-	return v, nil
+		return s, ok
+	})
 }

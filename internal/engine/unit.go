@@ -325,7 +325,7 @@ func (e *engine) params(s *runbook.Step, spec *step.Spec, look runbook.Lookup) (
 			}
 			continue
 		}
-		x, err := expandValue(v.V, look)
+		x, err := runbook.ExpandValue(v.V, look)
 		if err != nil {
 			return nil, &step.ParamError{Param: ps.Name, Err: err}
 		}
@@ -336,34 +336,6 @@ func (e *engine) params(s *runbook.Step, spec *step.Spec, look runbook.Lookup) (
 		p[ps.Name] = c
 	}
 	return p, nil
-}
-
-func expandValue(v any, look runbook.Lookup) (any, error) {
-	switch x := v.(type) {
-	case string:
-		return runbook.Expand(x, look)
-	case []any:
-		out := make([]any, len(x))
-		for i, el := range x {
-			ev, err := expandValue(el, look)
-			if err != nil {
-				return nil, err
-			}
-			out[i] = ev
-		}
-		return out, nil
-	case map[string]any:
-		out := make(map[string]any, len(x))
-		for k, el := range x {
-			ev, err := expandValue(el, look)
-			if err != nil {
-				return nil, err
-			}
-			out[k] = ev
-		}
-		return out, nil
-	}
-	return v, nil
 }
 
 // dependencies are the earlier steps a step's observation depends on: those

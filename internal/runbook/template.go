@@ -129,6 +129,36 @@ func Expand(s string, look Lookup) (string, error) {
 	return b.String(), nil
 }
 
+// ExpandValue expands the templates in a parameter value as written in a
+// runbook: a string, or lists and mappings of them (other scalars are kept).
+func ExpandValue(v any, look Lookup) (any, error) {
+	switch x := v.(type) {
+	case string:
+		return Expand(x, look)
+	case []any:
+		out := make([]any, len(x))
+		for i, el := range x {
+			ev, err := ExpandValue(el, look)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = ev
+		}
+		return out, nil
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, el := range x {
+			ev, err := ExpandValue(el, look)
+			if err != nil {
+				return nil, err
+			}
+			out[k] = ev
+		}
+		return out, nil
+	}
+	return v, nil
+}
+
 // EvalWhen evaluates a condition. The language is small and total:
 //
 //	REF                  true unless "", "false" or "0"
