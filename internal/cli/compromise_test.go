@@ -41,6 +41,18 @@ func status(t *testing.T, base string, key secret.Value) int {
 	return resp.StatusCode
 }
 
+// labRunbookEnv is labEnv with the lab's inventory and the project's
+// runbooks directory, for running the shipped runbooks against the lab. It
+// overrides the workdir's own RUNBOOK_INVENTORY (the later value wins).
+func labRunbookEnv(t *testing.T, lb *lab.Lab) []string {
+	t.Helper()
+	abs, err := filepath.Abs("../../runbooks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(labEnv(lb), "RUNBOOK_INVENTORY="+lb.InventoryPath, "RUNBOOK_RUNBOOKS="+abs)
+}
+
 func labEnv(lb *lab.Lab) []string {
 	return []string{
 		"VAULT_ADDR=" + lb.Vault.Addr,
@@ -62,13 +74,8 @@ func TestCompromiseMasterOnTheLab(t *testing.T) {
 	}
 	lb := labtest.Full(t, 3)
 	ctx := context.Background()
-	abs, err := filepath.Abs("../../runbooks")
-	if err != nil {
-		t.Fatal(err)
-	}
 	w := newWorkdir(t, "", nil)
-	env := append(labEnv(lb), "RUNBOOK_INVENTORY="+lb.InventoryPath, "RUNBOOK_RUNBOOKS="+abs)
-	// workdir sets RUNBOOK_INVENTORY to its own file; the later value wins.
+	env := labRunbookEnv(t, lb)
 
 	before := labSnapshot(t, lb)
 	planOut, errOut, code := w.run(env, "exec", "compromise-master", "--dry-run", "-o", "json", "--reason", "test: key in a public repo")

@@ -35,12 +35,8 @@ func TestDrillOnTheLab(t *testing.T) {
 		t.Skip("brings up the lab")
 	}
 	lb := labtest.Full(t, 3)
-	abs, err := filepath.Abs("../../runbooks")
-	if err != nil {
-		t.Fatal(err)
-	}
 	w := newWorkdir(t, "", nil)
-	env := append(labEnv(lb), "RUNBOOK_INVENTORY="+lb.InventoryPath, "RUNBOOK_RUNBOOKS="+abs)
+	env := labRunbookEnv(t, lb)
 	start := time.Now()
 	out, errOut, code := w.run(env, "drill", "compromise-master", "--yes")
 	t.Logf("drill of compromise-master on 3 gateways: %v", time.Since(start).Round(time.Millisecond))

@@ -75,12 +75,8 @@ type labRun struct {
 func newLabRun(t *testing.T) *labRun {
 	t.Helper()
 	lb := labtest.Full(t, 3)
-	abs, err := filepath.Abs("../../runbooks")
-	if err != nil {
-		t.Fatal(err)
-	}
 	w := newWorkdir(t, "", nil)
-	env := append(labEnv(lb), "RUNBOOK_INVENTORY="+lb.InventoryPath, "RUNBOOK_RUNBOOKS="+abs)
+	env := labRunbookEnv(t, lb)
 	return &labRun{lb: lb, w: w, env: env}
 }
 

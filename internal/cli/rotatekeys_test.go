@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -24,12 +23,8 @@ func TestRotateVirtualKeysOnTheLab(t *testing.T) {
 	}
 	lb := labtest.Full(t, 3)
 	ctx := context.Background()
-	abs, err := filepath.Abs("../../runbooks")
-	if err != nil {
-		t.Fatal(err)
-	}
 	w := newWorkdir(t, "", nil)
-	env := append(labEnv(lb), "RUNBOOK_INVENTORY="+lb.InventoryPath, "RUNBOOK_RUNBOOKS="+abs)
+	env := labRunbookEnv(t, lb)
 	start := time.Now()
 	out, errOut, code := w.run(env, "exec", "rotate-virtual-keys", "--yes", "--input", "max_age=30d", "--input", "grace=1h")
 	if code != 0 {

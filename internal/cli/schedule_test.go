@@ -45,13 +45,9 @@ func TestRotateMasterIfDueOnTheLab(t *testing.T) {
 	}
 	lb := labtest.Full(t, 3)
 	ctx := context.Background()
-	abs, err := filepath.Abs("../../runbooks")
-	if err != nil {
-		t.Fatal(err)
-	}
 	w := newWorkdir(t, "", nil)
 	metrics := filepath.Join(w.dir, "metrics")
-	env := append(labEnv(lb), "RUNBOOK_INVENTORY="+lb.InventoryPath, "RUNBOOK_RUNBOOKS="+abs, "RUNBOOK_METRICS_DIR="+metrics)
+	env := append(labRunbookEnv(t, lb), "RUNBOOK_METRICS_DIR="+metrics)
 	promFile := filepath.Join(metrics, "runbook_rotate_master.prom")
 	readProm := func() string {
 		t.Helper()
