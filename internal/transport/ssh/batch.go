@@ -98,12 +98,13 @@ func validateBatch(cmds []Cmd) error {
 	return nil
 }
 
-// Batch implements Batcher: the commands go as one POSIX sh script in one
-// session. Each runs in a subshell with standard input from /dev/null, its
-// arguments quoted as in Run; after each, the script prints a marker with
-// the command's position and exit status on stdout and stderr, and the
-// output is split at the markers. The marker holds 96 random bits, so a
-// command's output cannot forge one.
+// Batch implements Batcher: the commands go as one POSIX sh script to the
+// host's resident shell (shell.go), or with Config.NoResidentShell to a
+// session of their own. Each runs in a subshell with standard input from
+// /dev/null, its arguments quoted as in Run; after each, the script prints
+// a marker with the command's position and exit status on stdout and
+// stderr, and the output is split at the markers. The marker holds 96
+// random bits, so a command's output cannot forge one.
 func (t *Transport) Batch(ctx context.Context, cmds []Cmd) ([]Outcome, error) {
 	if err := validateBatch(cmds); err != nil {
 		return nil, err
@@ -111,9 +112,19 @@ func (t *Transport) Batch(ctx context.Context, cmds []Cmd) ([]Outcome, error) {
 	if len(cmds) == 0 {
 		return nil, nil
 	}
+	return t.batch(ctx, cmds, "batch of "+strconv.Itoa(len(cmds))+" commands")
+}
+
+func (t *Transport) batch(ctx context.Context, cmds []Cmd, name string) ([]Outcome, error) {
 	mark := newMarker()
 	script := batchScript(cmds, mark, t.tg.sudo)
-	res, err := t.run(ctx, script, nil, "batch of "+strconv.Itoa(len(cmds))+" commands")
+	var res transport.Result
+	var err error
+	if t.d.cfg.NoResidentShell {
+		res, err = t.run(ctx, script, nil, name)
+	} else {
+		res, err = t.runScript(ctx, script, name)
+	}
 	if err != nil {
 		return nil, err
 	}

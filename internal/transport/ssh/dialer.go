@@ -82,6 +82,9 @@ type Config struct {
 	OnAccept func(HostKeyAcceptance)
 	// NoQuickAck turns off the client-side TCP_QUICKACK (see conn.go).
 	NoQuickAck bool
+	// NoResidentShell runs every batch and command in a session of its
+	// own instead of the host's resident shell (see shell.go).
+	NoResidentShell bool
 }
 
 // ConfigFrom builds a Config from the inventory's SSH settings. The

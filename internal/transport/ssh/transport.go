@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -40,6 +41,9 @@ type Transport struct {
 	gen    uint64
 	closed bool
 	done   chan struct{} // closed by Close: stops keepalives
+	idle   *shell        // the resident shell between batches (shell.go)
+
+	sessions atomic.Int64 // sessions opened, for tests
 }
 
 var _ transport.Transport = (*Transport)(nil)
@@ -78,6 +82,10 @@ func (t *Transport) Close() error {
 	}
 	t.closed = true
 	close(t.done)
+	if t.idle != nil {
+		t.idle.close()
+		t.idle = nil
+	}
 	if t.client != nil {
 		err := t.client.Close()
 		t.client, t.tcp = nil, nil
@@ -230,11 +238,15 @@ retry:
 		}
 		s, err := c.NewSession()
 		if err == nil {
+			t.sessions.Add(1)
 			return s, gen, nil
 		}
 		lastErr = err
 		var oce *ssh.OpenChannelError
 		if errors.As(err, &oce) {
+			if t.dropIdleShell() {
+				continue retry
+			}
 			refusals++
 			if refusals > 20 {
 				break retry
@@ -265,6 +277,14 @@ func (t *Transport) Run(ctx context.Context, cmd transport.Command) (transport.R
 		res.Stderr = []byte(cmd.Args[0] + ": not found\n")
 		return res, nil
 	}
+	if cmd.Stdin == nil && !t.d.cfg.NoResidentShell {
+		// Through the resident shell: no session to open.
+		out, err := t.batch(ctx, []Cmd{{Command: cmd}}, cmd.Args[0])
+		if err != nil {
+			return transport.Result{}, err
+		}
+		return out[0].Result, nil
+	}
 	return t.run(ctx, t.commandLine(cmd), cmd.Stdin, cmd.Args[0])
 }
 
@@ -287,15 +307,18 @@ func (t *Transport) run(ctx context.Context, line string, stdin *secret.Value, n
 		return transport.Result{}, err
 	}
 	defer s.Close()
-	var stdout, stderr bytes.Buffer
-	s.Stdout, s.Stderr = &stdout, &stderr
+	var stdout bytes.Buffer
+	stderr := &pidWriter{}
+	s.Stdout, s.Stderr = &stdout, stderr
 	// Standard input goes through a pipe of our own, so that a command
 	// that exits without reading it is not an I/O error of the session.
 	in, err := s.StdinPipe()
 	if err != nil {
 		return transport.Result{}, fmt.Errorf("run %s on %s: %w", name, t.tg.name, err)
 	}
-	if err := s.Start(line); err != nil {
+	// The login shell says its pid (its process group) on stderr before
+	// it makes way for the command: killGroup needs it on a timeout.
+	if err := s.Start(`printf 'RBPID %s\n' "$$" >&2; ` + line); err != nil {
 		if strings.Contains(err.Error(), "ssh: command ") && strings.HasSuffix(err.Error(), " failed") {
 			// The server refused the exec request: nothing ran.
 			return transport.Result{}, fmt.Errorf("run %s on %s: the server refused to start the command", name, t.tg.name)
@@ -314,9 +337,9 @@ func (t *Transport) run(ctx context.Context, line string, stdin *secret.Value, n
 	select {
 	case err = <-waited:
 	case <-ctx.Done():
-		_ = s.Signal(ssh.SIGKILL)
+		t.killGroup(stderr.PID())
 		s.Close()
-		return transport.Result{Stdout: nil, Stderr: nil}, fmt.Errorf("run %s on %s: %w (the command was sent a kill signal)", name, t.tg.name, ctx.Err())
+		return transport.Result{Stdout: nil, Stderr: nil}, fmt.Errorf("run %s on %s: %w (the command was killed)", name, t.tg.name, ctx.Err())
 	}
 	res := transport.Result{Stdout: stdout.Bytes(), Stderr: stderr.Bytes()}
 	if err == nil {
@@ -373,4 +396,46 @@ func signalNumber(sig string) int {
 		return 15
 	}
 	return 0
+}
+
+// pidWriter takes the stderr of a session whose shell first prints
+// "RBPID N\n": it keeps N apart and the rest as the command's stderr.
+type pidWriter struct {
+	mu   sync.Mutex
+	head []byte // the first line, until complete
+	done bool
+	pid  int
+	buf  bytes.Buffer
+}
+
+func (w *pidWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := len(p)
+	if !w.done {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			w.head = append(w.head, p...)
+			return n, nil
+		}
+		w.head = append(w.head, p[:i+1]...)
+		w.done, w.pid = true, parsePID(w.head)
+		p = p[i+1:]
+	}
+	w.buf.Write(p)
+	return n, nil
+}
+
+// PID is the shell's pid, 0 before it came.
+func (w *pidWriter) PID() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.pid
+}
+
+// Bytes is the command's stderr.
+func (w *pidWriter) Bytes() []byte {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Bytes()
 }
