@@ -64,7 +64,7 @@ type Manager interface {
 // when active, 3 otherwise (a unit that does not exist included);
 // `systemctl status UNIT` exits 4 for a unit that does not exist;
 // `systemctl stop|start|restart UNIT` exits 0 when done and 5 when the
-// unit is not loaded. Each observation or action is one session.
+// unit is not loaded. Each observation or action is one batch.
 type Systemd struct {
 	// Mask masks what systemctl printed before it goes into an error.
 	Mask *secret.Masker
@@ -119,11 +119,15 @@ func (m Systemd) stateFrom(tr transport.Transport, unit string, isActive, status
 // Act implements Manager.
 func (m Systemd) Act(ctx context.Context, tr transport.Transport, verb Verb, unit string) (State, error) {
 	// After a verb that exited 0 the unit exists, so is-active alone tells
-	// its state; exit 5 says it does not.
-	out, err := ssh.RunBatch(ctx, tr, []ssh.Cmd{
-		systemctl(true, string(verb), unit),
-		systemctl(false, "is-active", unit),
-	})
+	// its state; exit 5 says it does not. A stop that exits 0 has waited
+	// for the unit to leave its active states (systemctl waits for the
+	// job): is-active would only say inactive again, and costs a process
+	// per host in containment, so a stop goes alone.
+	cmds := []ssh.Cmd{systemctl(true, string(verb), unit)}
+	if verb != Stop {
+		cmds = append(cmds, systemctl(false, "is-active", unit))
+	}
+	out, err := ssh.RunBatch(ctx, tr, cmds)
 	if err != nil {
 		return State{}, fmt.Errorf("systemctl %s %s: %w", verb, unit, err)
 	}
@@ -133,6 +137,9 @@ func (m Systemd) Act(ctx context.Context, tr transport.Transport, verb Verb, uni
 		return State{}, fmt.Errorf("unit %s on %s: %w (systemctl %s exits 5: %s)", unit, tr.Host(), ErrNoUnit, verb, m.Mask.MaskString(strings.TrimSpace(string(out[0].Stderr))))
 	default:
 		return State{}, m.exitErr(tr, "systemctl "+string(verb)+" "+unit, out[0].Result)
+	}
+	if verb == Stop {
+		return State{Active: "inactive"}, nil
 	}
 	return m.stateFrom(tr, unit, out[1], ssh.Outcome{Skipped: true})
 }

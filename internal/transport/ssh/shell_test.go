@@ -133,3 +133,35 @@ func processWithArg(t *testing.T, s string) bool {
 	}
 	return false
 }
+
+// A batch answers "printenv SSH_..." from the shell's environment, with the
+// output and status of the program.
+func TestBatchPrintenvAsProgram(t *testing.T) {
+	s := startSSHD(t)
+	tr := dial(t, s, baseConfig(s))
+	ctx := context.Background()
+	names := []string{"SSH_CONNECTION", "SSH_RB_UNSET_VARIABLE"}
+	var cmds []rbssh.Cmd
+	for _, n := range names {
+		cmds = append(cmds, rbssh.Cmd{Command: transport.Command{Args: []string{"printenv", n}}})
+	}
+	out, err := tr.Batch(ctx, cmds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range names {
+		// Standard input makes Run use a session of its own: the real
+		// printenv, in an environment set up the same way by sshd.
+		want, err := tr.Run(ctx, transport.Command{Args: []string{"printenv", n}, Stdin: ptr(secret.New(""))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := out[i]
+		if got.ExitCode != want.ExitCode || string(got.Stdout) != string(want.Stdout) {
+			t.Errorf("printenv %s: batch exit %d %q, program exit %d %q", n, got.ExitCode, got.Stdout, want.ExitCode, want.Stdout)
+		}
+	}
+	if out[0].ExitCode != 0 || len(out[0].Stdout) < 10 {
+		t.Errorf("SSH_CONNECTION: exit %d %q", out[0].ExitCode, out[0].Stdout)
+	}
+}
