@@ -52,7 +52,10 @@ type Host struct {
 // SSH holds client settings shared by every host.
 type SSH struct {
 	KnownHosts string // path to a known_hosts file
-	Identity   string // path to a private key file
+	// Config is an ssh_config file whose HostName, User, Port and
+	// ProxyJump fill in what the inventory leaves unset.
+	Config   string
+	Identity string // path to a private key file
 	// Passphrase for an encrypted identity.
 	Passphrase SecretRef
 	User       string

@@ -45,7 +45,7 @@ const (
 var (
 	inventoryKeys = []string{"environment", "vars", "groups", "ssh", "vault", "database", "secrets", "hosts"}
 	groupKeys     = []string{"vars"}
-	sshKeys       = []string{"known_hosts", "identity", "passphrase", "user", "port", "jump", "connect_timeout", "command_timeout", "keepalive"}
+	sshKeys       = []string{"known_hosts", "config", "identity", "passphrase", "user", "port", "jump", "connect_timeout", "command_timeout", "keepalive"}
 	vaultKeys     = []string{"address", "token", "ca_cert", "allowed_addresses", "role_id", "secret_id", "mount", "prefix"}
 	databaseKeys  = []string{"url"}
 	secretRefKeys = []string{"env", "file", "vault"}
@@ -118,7 +118,8 @@ func (d *decoder) pos(n *yaml.Node) Pos { return Pos{File: d.file, Line: n.Line,
 
 // path resolves a file path against the inventory's directory.
 func (d *decoder) path(p string) string {
-	if p == "" || filepath.IsAbs(p) {
+	if p == "" || filepath.IsAbs(p) || p == "~" || strings.HasPrefix(p, "~/") {
+		// "~/" is the home directory, expanded where the file is opened.
 		return p
 	}
 	return filepath.Join(d.dir, p)
@@ -316,14 +317,17 @@ func (d *decoder) ssh(n *yaml.Node, s *SSH) {
 	for _, f := range d.Mapping(n, "ssh", sshKeys) {
 		fp := strictyaml.Join("ssh", f.Key)
 		switch f.Key {
-		case "known_hosts", "identity":
+		case "known_hosts", "identity", "config":
 			v, ok := d.Str(f.Value, fp)
 			if !ok {
 				continue
 			}
-			if f.Key == "known_hosts" {
+			switch f.Key {
+			case "known_hosts":
 				s.KnownHosts = d.path(v)
-			} else {
+			case "config":
+				s.Config = d.path(v)
+			default:
 				s.Identity = d.path(v)
 			}
 		case "passphrase":

@@ -82,6 +82,10 @@ type Config struct {
 	OnAccept func(HostKeyAcceptance)
 	// NoQuickAck turns off the client-side TCP_QUICKACK (see conn.go).
 	NoQuickAck bool
+	// SSHConfig is an ssh_config file read for the subset in sshconfig.go:
+	// HostName, User, Port and ProxyJump by Host pattern, for what the
+	// inventory leaves unset.
+	SSHConfig string
 	// NoResidentShell runs every batch and command in a session of its
 	// own instead of the host's resident shell (see shell.go).
 	NoResidentShell bool
@@ -98,6 +102,7 @@ func ConfigFrom(s inventory.SSH) (Config, error) {
 		User:       s.User,
 		Port:       s.Port,
 		Jump:       s.Jump,
+		SSHConfig:  expandHome(s.Config),
 	}
 	var err error
 	if c.ConnectTimeout, err = parseDuration("connect_timeout", s.ConnectTimeout); err != nil {
@@ -155,6 +160,8 @@ type Dialer struct {
 	agentCn  net.Conn
 
 	hk *hostKeys
+	// sshcfg is Config.SSHConfig parsed (nil without one).
+	sshcfg *sshConfig
 
 	mu    sync.Mutex
 	jumps map[string]*jumpConn
@@ -192,7 +199,13 @@ func NewDialer(cfg Config) (*Dialer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Dialer{cfg: cfg, hk: hk, jumps: map[string]*jumpConn{}}, nil
+	var sc *sshConfig
+	if cfg.SSHConfig != "" {
+		if sc, err = parseSSHConfig(cfg.SSHConfig); err != nil {
+			return nil, err
+		}
+	}
+	return &Dialer{cfg: cfg, hk: hk, sshcfg: sc, jumps: map[string]*jumpConn{}}, nil
 }
 
 // Accepted lists the host keys accepted so far, for the journal.
@@ -229,30 +242,32 @@ type target struct {
 }
 
 func (d *Dialer) targetOf(h *inventory.Host) target {
-	t := target{name: h.Name, user: h.User, jump: h.Jump}
-	if t.user == "" {
-		t.user = d.cfg.User
-	}
-	if t.user == "" {
-		t.user = "root"
+	// The inventory's host settings, then its ssh defaults, then
+	// ssh_config for the host's name, then OpenSSH's defaults.
+	o := d.sshcfg.lookup(h.Name)
+	t := target{name: h.Name, user: first(h.User, d.cfg.User, o.User, "root"), jump: first(h.Jump, d.cfg.Jump, o.ProxyJump)}
+	if t.jump == "none" {
+		t.jump = ""
 	}
 	port := h.Port
-	if port == 0 {
-		port = d.cfg.Port
+	for _, p := range []int{d.cfg.Port, o.Port, 22} {
+		if port == 0 {
+			port = p
+		}
 	}
-	if port == 0 {
-		port = 22
-	}
-	addr := h.Address
-	if addr == "" {
-		addr = h.Name
-	}
-	t.addr = net.JoinHostPort(addr, strconv.Itoa(port))
-	if t.jump == "" {
-		t.jump = d.cfg.Jump
-	}
+	t.addr = net.JoinHostPort(first(h.Address, o.HostName, h.Name), strconv.Itoa(port))
 	t.sudo = h.Sudo && t.user != "root"
 	return t
+}
+
+// first returns the first non-empty string.
+func first(v ...string) string {
+	for _, s := range v {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
 }
 
 // Dial connects to h and returns its transport. The connection is made
@@ -419,6 +434,7 @@ func (d *Dialer) jumpTarget(spec string) (target, error) {
 	}
 	h := &inventory.Host{Name: spec}
 	rest := spec
+	bare := !strings.ContainsAny(spec, "@:")
 	if i := strings.LastIndex(rest, "@"); i >= 0 {
 		h.User, rest = rest[:i], rest[i+1:]
 	}
@@ -429,7 +445,12 @@ func (d *Dialer) jumpTarget(spec string) (target, error) {
 	if host == "" {
 		return target{}, fmt.Errorf("jump host %q: no host", spec)
 	}
-	h.Address = host
+	if bare {
+		// A name ssh_config may know (Host bastion / HostName ...).
+		h.Name = host
+	} else {
+		h.Address = host
+	}
 	if port != "" {
 		n, err := strconv.Atoi(port)
 		if err != nil || n < 1 || n > 65535 {
