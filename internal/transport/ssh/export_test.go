@@ -27,3 +27,12 @@ func JumpsForTest(d *Dialer) []string {
 	}
 	return out
 }
+
+// NewPIDWriterForTest returns the stderr writer of sessions.
+func NewPIDWriterForTest() interface {
+	Write([]byte) (int, error)
+	PID() int
+	Bytes() []byte
+} {
+	return &pidWriter{}
+}

@@ -71,7 +71,7 @@ func (t *Transport) startShell(ctx context.Context) (*shell, error) {
 		return fail(err)
 	}
 	line := make(chan []byte, 1)
-	go func() { b, _ := readUntil(sh.stdout, "\n"); line <- b }()
+	go func() { b, _ := readPIDLine(sh.stdout); line <- b }()
 	select {
 	case b := <-line:
 		if sh.pid = parsePID(b); sh.pid == 0 {
@@ -82,6 +82,38 @@ func (t *Transport) startShell(ctx context.Context) (*shell, error) {
 		return nil, fmt.Errorf("start shell on %s: %w", t.tg.name, ctx.Err())
 	}
 	return sh, nil
+}
+
+// readPIDLine reads r up to the end of the line that starts with "RBPID "
+// and returns that line; what a login shell's startup files printed before
+// it is dropped.
+func readPIDLine(r io.Reader) ([]byte, error) {
+	var buf []byte
+	chunk := make([]byte, 4096)
+	for len(buf) < 64<<10 {
+		n, err := r.Read(chunk)
+		buf = append(buf, chunk[:n]...)
+		if i := pidLine(buf); i >= 0 {
+			if j := bytes.IndexByte(buf[i:], '\n'); j >= 0 {
+				return buf[i : i+j+1], nil
+			}
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+	return buf, errors.New("no pid line in the first 64 KiB")
+}
+
+// pidLine is the offset of the line starting "RBPID " in b, or -1.
+func pidLine(b []byte) int {
+	if bytes.HasPrefix(b, []byte("RBPID ")) {
+		return 0
+	}
+	if i := bytes.Index(b, []byte("\nRBPID ")); i >= 0 {
+		return i + 1
+	}
+	return -1
 }
 
 // parsePID reads "RBPID N".

@@ -165,3 +165,27 @@ func TestBatchPrintenvAsProgram(t *testing.T) {
 		t.Errorf("SSH_CONNECTION: exit %d %q", out[0].ExitCode, out[0].Stdout)
 	}
 }
+
+// Text a login shell's startup files print before the command is not taken
+// for the pid line, nor lost from stderr.
+func TestPIDWriter(t *testing.T) {
+	for _, chunks := range [][]string{
+		{"RBPID 42\nerr"},
+		{"RB", "PID 4", "2\ne", "rr"},
+		{"motd line\nRBPID 42\n", "err"},
+	} {
+		w := rbssh.NewPIDWriterForTest()
+		for _, c := range chunks {
+			if _, err := w.Write([]byte(c)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want := "err"
+		if strings.HasPrefix(chunks[0], "motd") {
+			want = "motd line\nerr"
+		}
+		if w.PID() != 42 || string(w.Bytes()) != want {
+			t.Errorf("%q: pid %d stderr %q", chunks, w.PID(), w.Bytes())
+		}
+	}
+}

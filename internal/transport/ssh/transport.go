@@ -398,11 +398,12 @@ func signalNumber(sig string) int {
 	return 0
 }
 
-// pidWriter takes the stderr of a session whose shell first prints
-// "RBPID N\n": it keeps N apart and the rest as the command's stderr.
+// pidWriter takes the stderr of a session whose shell prints
+// "RBPID N\n" before the command starts: it keeps N apart, and the rest
+// (whatever came before that line included) as the command's stderr.
 type pidWriter struct {
 	mu   sync.Mutex
-	head []byte // the first line, until complete
+	head []byte // before the pid line is complete
 	done bool
 	pid  int
 	buf  bytes.Buffer
@@ -411,19 +412,29 @@ type pidWriter struct {
 func (w *pidWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	n := len(p)
-	if !w.done {
-		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			w.head = append(w.head, p...)
-			return n, nil
-		}
-		w.head = append(w.head, p[:i+1]...)
-		w.done, w.pid = true, parsePID(w.head)
-		p = p[i+1:]
+	if w.done {
+		return w.buf.Write(p)
 	}
-	w.buf.Write(p)
-	return n, nil
+	w.head = append(w.head, p...)
+	i := pidLine(w.head)
+	if i < 0 {
+		if len(w.head) > 64<<10 {
+			// No pid line: give up looking for it.
+			w.done = true
+			w.buf.Write(w.head)
+			w.head = nil
+		}
+		return len(p), nil
+	}
+	j := bytes.IndexByte(w.head[i:], '\n')
+	if j < 0 {
+		return len(p), nil
+	}
+	w.done, w.pid = true, parsePID(w.head[i:i+j+1])
+	w.buf.Write(w.head[:i])
+	w.buf.Write(w.head[i+j+1:])
+	w.head = nil
+	return len(p), nil
 }
 
 // PID is the shell's pid, 0 before it came.
@@ -437,5 +448,8 @@ func (w *pidWriter) PID() int {
 func (w *pidWriter) Bytes() []byte {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if !w.done {
+		return append(w.buf.Bytes(), w.head...)
+	}
 	return w.buf.Bytes()
 }
