@@ -60,21 +60,23 @@ var leakTotals struct {
 // leakCounts are the figures of one watch.
 type leakCounts struct {
 	Watches       int
-	Files         int   // files scanned (each distinct copy once)
-	Bytes         int64 // bytes scanned in them and in outputs
-	Outputs       int   // captured outputs scanned
-	TmpCopies     int   // distinct copies of the runner's temporary files
-	DeletedCopies int   // of those, read through an open descriptor of a deleted file
-	Samples       int   // passes over /proc
-	Cmdlines      int   // cmdline reads in them
-	Distinct      int   // distinct command lines seen
-	GatewayProcs  int   // distinct processes seen in a gateway's network namespace
-	SecretFiles   int   // lab files holding a secret, whose mode was checked
+	Watched       time.Duration // how long the samplers ran
+	Files         int           // files scanned (each distinct copy once)
+	Bytes         int64         // bytes scanned in them and in outputs
+	Outputs       int           // captured outputs scanned
+	TmpCopies     int           // distinct copies of the runner's temporary files
+	DeletedCopies int           // of those, read through an open descriptor of a deleted file
+	Samples       int           // passes over /proc
+	Cmdlines      int           // cmdline reads in them
+	Distinct      int           // distinct command lines seen
+	GatewayProcs  int           // distinct processes seen in a gateway's network namespace
+	SecretFiles   int           // lab files holding a secret, whose mode was checked
 	Hits          int
 }
 
 func (c *leakCounts) add(o leakCounts) {
 	c.Watches += o.Watches
+	c.Watched += o.Watched
 	c.Files += o.Files
 	c.Bytes += o.Bytes
 	c.Outputs += o.Outputs
@@ -89,9 +91,15 @@ func (c *leakCounts) add(o leakCounts) {
 }
 
 func (c leakCounts) String() string {
-	return fmt.Sprintf("%d files and %d outputs scanned (%d bytes; %d copies of temporary files, %d of them deleted), "+
-		"%d cmdline samples (%d reads, %d distinct command lines, %d gateway processes), %d lab files holding a secret checked 0600, %d hits",
-		c.Files, c.Outputs, c.Bytes, c.TmpCopies, c.DeletedCopies, c.Samples, c.Cmdlines, c.Distinct, c.GatewayProcs, c.SecretFiles, c.Hits)
+	every := time.Duration(0)
+	if c.Samples > 0 {
+		every = c.Watched / time.Duration(c.Samples)
+	}
+	return fmt.Sprintf("%d files and %d outputs scanned (%d bytes; %d copies of temporary files, %d deleted files read while held open), "+
+		"%d cmdline samples over %v (one every %v; %d reads, %d distinct command lines, %d gateway processes), "+
+		"%d lab files holding a secret checked 0600, %d hits",
+		c.Files, c.Outputs, c.Bytes, c.TmpCopies, c.DeletedCopies, c.Samples, c.Watched.Round(time.Millisecond),
+		every.Round(100*time.Microsecond), c.Cmdlines, c.Distinct, c.GatewayProcs, c.SecretFiles, c.Hits)
 }
 
 // leakSummary logs the totals of every watch so far.
@@ -114,8 +122,9 @@ type leakWatch struct {
 	lb  *lab.Lab
 	tmp string // the runner's TMPDIR
 
-	stop chan struct{}
-	wg   sync.WaitGroup
+	stop             chan struct{}
+	wg               sync.WaitGroup
+	started, stopped time.Time
 
 	mu       sync.Mutex
 	cmdlines map[string]string // command line -> where first seen
@@ -127,7 +136,7 @@ type leakWatch struct {
 	counts   leakCounts
 	bin      string
 	netns    map[uint64]string // inode of a network namespace -> name
-	deleted  int
+	deleted  map[string]bool   // deleted files read through a runner's descriptor
 }
 
 // watchLeaks starts watching a lab for the runner binary bin. Run the
@@ -143,7 +152,7 @@ func watchLeaks(t *testing.T, lb *lab.Lab, bin string) *leakWatch {
 	w := &leakWatch{
 		lb: lb, tmp: tmp, bin: bin, stop: make(chan struct{}),
 		cmdlines: map[string]string{}, tmpSeen: map[[32]byte]blob{}, labSeen: map[[32]byte]blob{},
-		runners: map[int]bool{}, nsOf: map[int]string{}, gwPIDs: map[int]bool{}, netns: map[uint64]string{},
+		runners: map[int]bool{}, deleted: map[string]bool{}, nsOf: map[int]string{}, gwPIDs: map[int]bool{}, netns: map[uint64]string{},
 	}
 	if ino, ok := nsInode("/proc/self/ns/net"); ok {
 		w.netns[ino] = "root"
@@ -153,6 +162,7 @@ func watchLeaks(t *testing.T, lb *lab.Lab, bin string) *leakWatch {
 			w.netns[ino] = g.Name
 		}
 	}
+	w.started = time.Now()
 	w.wg.Add(2)
 	go w.sampleProc()
 	go w.sampleFiles()
@@ -170,6 +180,9 @@ func (w *leakWatch) halt() {
 		close(w.stop)
 	}
 	w.wg.Wait()
+	if w.stopped.IsZero() {
+		w.stopped = time.Now()
+	}
 }
 
 func nsInode(path string) (uint64, bool) {
@@ -363,9 +376,10 @@ func (w *leakWatch) copyFiles() {
 				continue
 			}
 			if b, err := readCapped(filepath.Join(fdDir, fd.Name())); err == nil {
-				if keep(w.tmpSeen, "runner's open file "+link, fi.Mode(), b) && deleted {
+				keep(w.tmpSeen, "runner's open file "+link, fi.Mode(), b)
+				if deleted {
 					w.mu.Lock()
-					w.deleted++
+					w.deleted[fmt.Sprintf("%d %s", pid, link)] = true
 					w.mu.Unlock()
 				}
 			}
@@ -482,14 +496,43 @@ func labLog(p string) bool {
 // a test error. It returns the watch's figures, also added to leakTotals.
 func (w *leakWatch) finish(t *testing.T, secrets []secret.Value, outputs map[string][]byte, dirs ...string) leakCounts {
 	t.Helper()
+	all := append(append([]secret.Value(nil), secrets...), labSecrets(w.lb)...)
+	c, hits := w.scan(all, outputs, dirs...)
+	for _, h := range hits {
+		t.Errorf("leak scan: %s", h)
+	}
+	if len(w.gwPIDs) == 0 && len(w.lb.Gateways) > 0 {
+		t.Errorf("leak scan: no process of a gateway's namespace was seen in /proc: the cmdline samples do not reach the gateways")
+	}
+	m := newLeakMatcher(all)
+	leakTotals.Lock()
+	leakTotals.add(c)
+	if leakTotals.secrets == nil {
+		leakTotals.secrets = map[string]bool{}
+	}
+	for _, l := range m.heads {
+		for _, s := range l {
+			leakTotals.secrets[s.Fingerprint()] = true
+		}
+	}
+	leakTotals.Unlock()
+	t.Logf("leak scan: %d secrets tracked, %s", m.count(), c)
+	return c
+}
+
+// scan stops the watch and searches everything for secrets; it returns
+// the figures and one line per hit (naming the secret by fingerprint).
+func (w *leakWatch) scan(secrets []secret.Value, outputs map[string][]byte, dirs ...string) (leakCounts, []string) {
 	w.halt()
-	m := newLeakMatcher(append(append([]secret.Value(nil), secrets...), labSecrets(w.lb)...))
+	m := newLeakMatcher(secrets)
 	c := w.counts
 	c.Watches = 1
+	c.Watched = w.stopped.Sub(w.started)
+	var hits []string
 	hit := func(where string, fps []string) {
 		for _, fp := range fps {
 			c.Hits++
-			t.Errorf("leak scan: secret %s found in %s", fp, where)
+			hits = append(hits, fmt.Sprintf("secret %s found in %s", fp, where))
 		}
 	}
 	scan := func(where string, b []byte) {
@@ -522,7 +565,7 @@ func (w *leakWatch) finish(t *testing.T, secrets []secret.Value, outputs map[str
 		c.TmpCopies++
 		scan(b.where+" (copied while the runner ran)", b.data)
 	}
-	c.DeletedCopies = w.deleted
+	c.DeletedCopies = len(w.deleted)
 	// Every command line seen.
 	c.Distinct = len(w.cmdlines)
 	c.GatewayProcs = len(w.gwPIDs)
@@ -546,7 +589,7 @@ func (w *leakWatch) finish(t *testing.T, secrets []secret.Value, outputs map[str
 		c.SecretFiles++
 		if md.Perm()&0o077 != 0 {
 			c.Hits++
-			t.Errorf("leak scan: %s holds %d secret(s) and is %v, want 0600", where, len(fps), md.Perm())
+			hits = append(hits, fmt.Sprintf("%s holds %d secret(s) and is %v, want 0600", where, len(fps), md.Perm()))
 		}
 	}
 	for _, b := range w.labSeen {
@@ -579,20 +622,5 @@ func (w *leakWatch) finish(t *testing.T, secrets []secret.Value, outputs map[str
 		return nil
 	})
 
-	if len(w.gwPIDs) == 0 && len(w.lb.Gateways) > 0 {
-		t.Errorf("leak scan: no process of a gateway's namespace was seen in /proc: the cmdline samples do not reach the gateways")
-	}
-	leakTotals.Lock()
-	leakTotals.add(c)
-	if leakTotals.secrets == nil {
-		leakTotals.secrets = map[string]bool{}
-	}
-	for _, l := range m.heads {
-		for _, s := range l {
-			leakTotals.secrets[s.Fingerprint()] = true
-		}
-	}
-	leakTotals.Unlock()
-	t.Logf("leak scan: %d secrets tracked, %s", m.count(), c)
-	return c
+	return c, hits
 }
