@@ -20,8 +20,12 @@ import (
 const RunnerPolicy = "runbook-runner"
 
 // RunnerPolicyHCL allows the runner the LiteLLM paths under the KV v2 mount
-// secret/ and nothing else.
+// secret/ and nothing else, but asking what its own token may do (which
+// runbook audit uses).
 const RunnerPolicyHCL = `# The runbook runner: LiteLLM keys under secret/litellm/, nothing else.
+path "sys/capabilities-self" {
+  capabilities = ["update"]
+}
 path "secret/data/litellm/*" {
   capabilities = ["create", "read", "update", "patch", "delete"]
 }
@@ -45,7 +49,7 @@ type Vault struct {
 	Addr string // http://127.0.0.1:PORT
 	PID  int
 	// RootToken is the server's root token; RunnerToken carries only
-	// RunnerPolicy (and Vault's default policy).
+	// RunnerPolicy, without Vault's default policy.
 	RootToken   secret.Value
 	RunnerToken secret.Value
 }
@@ -110,11 +114,15 @@ func (v *Vault) createRunnerToken(ctx context.Context) error {
 	if err := c.Sys().PutPolicyWithContext(ctx, RunnerPolicy, RunnerPolicyHCL); err != nil {
 		return fmt.Errorf("write vault policy %s: %w", RunnerPolicy, err)
 	}
+	// No default policy: it is templated, so Vault parses it again on every
+	// request, which was about half its CPU time per request when the runner
+	// re-issues thousands of keys (internal/bench, BENCHMARKS.md).
 	sec, err := c.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{
-		Policies:    []string{RunnerPolicy},
-		DisplayName: "runbook-runner",
-		TTL:         "768h",
-		Renewable:   boolPtr(true),
+		Policies:        []string{RunnerPolicy},
+		NoDefaultPolicy: true,
+		DisplayName:     "runbook-runner",
+		TTL:             "768h",
+		Renewable:       boolPtr(true),
 	})
 	if err != nil {
 		return fmt.Errorf("create vault runner token: %w", err)
