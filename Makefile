@@ -58,9 +58,9 @@ demo: build
 	  $(BIN)/runbook exec $(DEMO_RUNBOOK) -i $(LABDIR)/inventory.yaml --state $(LABDIR)/state --records $(LABDIR)/records --yes --reason "lab demo"; \
 	  status=$$?; $(BIN)/runbook record --last --state $(LABDIR)/state; exit $$status
 
-## bench: benchmarks against the lab; writes BENCHMARKS.md
+## bench: benchmarks against the lab (containment, plan, re-issue, compromise-master, rotation under load, peak RSS); writes internal/bench/BENCHMARKS.md and results.json
 bench: build
-	RUNBOOK_BENCH=full $(GO) test -run '^TestContainment$$' -count=1 -v -timeout 30m ./internal/bench/
+	RUNBOOK_BENCH=full $(GO) test -run '^TestBench$$' -count=1 -v -timeout 45m ./internal/bench/
 
 ## reliability: the crash matrix against the lab (RELIABILITY=smoke for a handful of points); see internal/reliability/RELIABILITY.md
 RELIABILITY ?= full

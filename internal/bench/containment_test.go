@@ -3,14 +3,11 @@ package bench_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,39 +28,9 @@ const (
 )
 
 // remoteCommand is what the OpenSSH client runs on each gateway (the floor
-// runs the same; see cmd/sshfloor).
-const remoteCommand = "systemctl stop litellm && iptables -w -I INPUT 1 -p tcp --dport 4000 -j DROP"
-
-type settings struct {
-	mode    string
-	sizes   []int
-	warmup  int
-	iters   int
-	outDir  string
-	stockAt int // the fleet size ansible's stock settings run at
-}
-
-func benchSettings(t *testing.T) settings {
-	switch m := os.Getenv("RUNBOOK_BENCH"); m {
-	case "full":
-		out := os.Getenv("RUNBOOK_BENCH_OUT")
-		if out == "" {
-			out = "."
-		}
-		return settings{mode: m, sizes: []int{1, 5, 20}, warmup: 1, iters: 5, outDir: out, stockAt: 20}
-	case "smoke":
-		out := os.Getenv("RUNBOOK_BENCH_OUT")
-		if out == "" {
-			out = t.TempDir()
-		}
-		return settings{mode: m, sizes: []int{1}, warmup: 0, iters: 1, outDir: out, stockAt: 1}
-	case "":
-		t.Skip("benchmark: set RUNBOOK_BENCH=full (make bench) or RUNBOOK_BENCH=smoke")
-	default:
-		t.Fatalf("RUNBOOK_BENCH=%q: want full or smoke", m)
-	}
-	return settings{}
-}
+// runs the same; see cmd/sshfloor): the work of runbooks/contain.yaml,
+// which drops the port for IPv4 and IPv6.
+const remoteCommand = "systemctl stop litellm && iptables -w -I INPUT 1 -p tcp --dport 4000 -j DROP && ip6tables -w -I INPUT 1 -p tcp --dport 4000 -j DROP"
 
 // Sample is one way's figures on one fleet size.
 type Sample struct {
@@ -73,56 +40,25 @@ type Sample struct {
 	Median   float64   `json:"median"`
 	Min      float64   `json:"min"`
 	Max      float64   `json:"max"`
+	// CPUSeconds is the runner's own CPU time (user and system) in each
+	// timed iteration; only for runbook.
+	CPUSeconds []float64 `json:"cpu_seconds,omitempty"`
 }
 
-// Results is results.json.
-type Results struct {
-	Date     string            `json:"date"`
-	Mode     string            `json:"mode"`
-	Machine  map[string]string `json:"machine"`
-	Versions map[string]string `json:"versions"`
-	Warmup   int               `json:"warmup"`
-	Iters    int               `json:"iterations"`
-	Samples  []*Sample         `json:"containment"`
-}
-
-func TestContainment(t *testing.T) {
-	cfg := benchSettings(t)
-	ap, err := exec.LookPath("ansible-playbook")
-	if err != nil {
-		labtest.Missing(t, "ansible-playbook is not installed")
-	}
-	sshBin, err := exec.LookPath("ssh")
-	if err != nil {
-		labtest.Missing(t, "the OpenSSH client is not installed")
-	}
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := t.TempDir()
-	// go build -o DIR names each binary after its package directory.
-	for _, p := range []string{"cmd/runbook", "internal/bench/cmd/sshfloor"} {
-		c := exec.Command("go", "build", "-o", bin+string(filepath.Separator), "./"+p)
-		c.Dir = root
-		if out, err := c.CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", p, err, out)
-		}
-	}
+// containment contains every fleet size four ways; on the lab of
+// cfg.planAt gateways it also runs the plan scenario.
+func containment(t *testing.T, h *harness, cfg settings, res *Results) {
+	ctx := context.Background()
 	stockCfg := filepath.Join(t.TempDir(), "ansible.cfg")
 	if err := os.WriteFile(stockCfg, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-
-	res := &Results{
-		Date: time.Now().UTC().Format(time.RFC3339), Mode: cfg.mode,
-		Machine: machine(), Versions: versions(root, ap, sshBin),
-		Warmup: cfg.warmup, Iters: cfg.iters,
-	}
-	ctx := context.Background()
+	root, bin := h.root, filepath.Dir(h.runbook)
+	ap := h.ansible
 	for _, n := range cfg.sizes {
 		t.Run(fmt.Sprintf("gateways=%d", n), func(t *testing.T) {
-			l := labtest.Up(t, lab.Config{Gateways: n, Postgres: true})
+			// The plan needs Vault and the database; containment ignores them.
+			l := labtest.Up(t, lab.Config{Gateways: n, Postgres: true, Vault: n == cfg.planAt})
 			inv := ansibleInventory(t, l)
 			work := t.TempDir()
 			type way struct {
@@ -132,10 +68,7 @@ func TestContainment(t *testing.T) {
 			ways := []way{
 				{wayRunbook, func(i int) []*exec.Cmd {
 					d := filepath.Join(work, "rb"+strconv.Itoa(i))
-					return []*exec.Cmd{exec.Command(filepath.Join(bin, "runbook"), "exec", "contain", "--yes",
-						"--runbooks", filepath.Join(root, "runbooks"), "-i", l.InventoryPath,
-						"--state", filepath.Join(d, "state"), "--records", filepath.Join(d, "records"),
-						"--reason", "benchmark")}
+					return []*exec.Cmd{h.runbookCmd(ctx, l, d, "exec", "contain", "--yes", "--reason", "benchmark")}
 				}},
 				{wayAnsible, func(int) []*exec.Cmd {
 					c := exec.Command(ap, "-i", inv, "--forks", strconv.Itoa(n), filepath.Join(root, "playbooks/bench/contain.yml"))
@@ -158,7 +91,7 @@ func TestContainment(t *testing.T) {
 						if g.User != "root" {
 							cmd = "sudo -n sh -c '" + remoteCommand + "'"
 						}
-						cs = append(cs, exec.Command(sshBin, "-F", "/dev/null", "-o", "BatchMode=yes",
+						cs = append(cs, exec.Command(h.ssh, "-F", "/dev/null", "-o", "BatchMode=yes",
 							"-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile="+l.KnownHosts,
 							"-o", "IdentitiesOnly=yes", "-i", l.ClientKey, "-p", strconv.Itoa(g.SSHPort),
 							g.User+"@"+g.Address, cmd))
@@ -182,13 +115,18 @@ func TestContainment(t *testing.T) {
 			for i := 0; i < cfg.warmup+cfg.iters; i++ {
 				for k, w := range ways {
 					restore(ctx, t, l)
-					d, err := runAll(w.cmd(i))
+					cmds := w.cmd(i)
+					d, err := runAll(cmds)
 					if err != nil {
 						t.Fatalf("%s on %d gateways: %v", w.name, n, err)
 					}
 					checkContained(ctx, t, l, w.name)
 					if i >= cfg.warmup {
 						samples[k].Seconds = append(samples[k].Seconds, d.Seconds())
+						if w.name == wayRunbook {
+							st := cmds[0].ProcessState
+							samples[k].CPUSeconds = append(samples[k].CPUSeconds, (st.UserTime() + st.SystemTime()).Seconds())
+						}
 					}
 					t.Logf("%s, %d gateways, iteration %d: %v", w.name, n, i, d.Round(time.Millisecond))
 				}
@@ -198,16 +136,11 @@ func TestContainment(t *testing.T) {
 				summarize(s)
 				res.Samples = append(res.Samples, s)
 			}
+			if n == cfg.planAt {
+				t.Run("plan", func(t *testing.T) { plan(t, h, cfg, l, res) })
+			}
 		})
 	}
-	if t.Failed() {
-		return
-	}
-	res.Machine["load_after"] = loadavg()
-	if err := writeReport(cfg.outDir, res); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("wrote %s", filepath.Join(cfg.outDir, "BENCHMARKS.md"))
 }
 
 // runAll starts every command at once and waits for all; the time is from
@@ -283,16 +216,18 @@ func restore(ctx context.Context, t *testing.T, l *lab.Lab) {
 var dropRule = regexp.MustCompile(`(?m)^-A INPUT .*-p tcp .*--dport 4000 .*-j DROP`)
 
 // checkContained checks the state every way must leave: the proxy
-// inactive and a DROP rule for TCP port 4000 in INPUT.
+// inactive and a DROP rule for TCP port 4000 in INPUT, for IPv4 and IPv6.
 func checkContained(ctx context.Context, t *testing.T, l *lab.Lab, way string) {
 	t.Helper()
 	err := forEach(l, func(g *lab.Gateway) error {
-		out, err := inNet(ctx, g, "iptables", "-w", "-S", "INPUT")
-		if err != nil {
-			return fmt.Errorf("%s: iptables -S: %w: %s", g.Name, err, out)
-		}
-		if !dropRule.Match(out) {
-			return fmt.Errorf("%s: no DROP rule for port 4000 in INPUT:\n%s", g.Name, out)
+		for _, ipt := range []string{"iptables", "ip6tables"} {
+			out, err := inNet(ctx, g, ipt, "-w", "-S", "INPUT")
+			if err != nil {
+				return fmt.Errorf("%s: %s -S: %w: %s", g.Name, ipt, err, out)
+			}
+			if !dropRule.Match(out) {
+				return fmt.Errorf("%s: no %s DROP rule for port 4000 in INPUT:\n%s", g.Name, ipt, out)
+			}
 		}
 		st, _ := l.Systemctl(ctx, g, "is-active", "litellm")
 		if s := strings.TrimSpace(string(st)); s != "inactive" {
@@ -303,6 +238,27 @@ func checkContained(ctx context.Context, t *testing.T, l *lab.Lab, way string) {
 	if err != nil {
 		t.Fatalf("after %s: %v", way, err)
 	}
+}
+
+// checkOpen checks a gateway serves again: no DROP rule for port 4000 in
+// either family and the proxy active.
+func checkOpen(ctx context.Context, l *lab.Lab) error {
+	return forEach(l, func(g *lab.Gateway) error {
+		for _, ipt := range []string{"iptables", "ip6tables"} {
+			out, err := inNet(ctx, g, ipt, "-w", "-S", "INPUT")
+			if err != nil {
+				return fmt.Errorf("%s: %s -S: %w: %s", g.Name, ipt, err, out)
+			}
+			if dropRule.Match(out) {
+				return fmt.Errorf("%s: %s still drops port 4000:\n%s", g.Name, ipt, out)
+			}
+		}
+		st, _ := l.Systemctl(ctx, g, "is-active", "litellm")
+		if s := strings.TrimSpace(string(st)); s != "active" {
+			return fmt.Errorf("%s: litellm is %q, want active", g.Name, s)
+		}
+		return nil
+	})
 }
 
 // ansibleInventory writes an Ansible inventory for the lab's gateways.
@@ -326,86 +282,4 @@ func ansibleInventory(t *testing.T, l *lab.Lab) string {
 	return p
 }
 
-func summarize(s *Sample) {
-	v := append([]float64(nil), s.Seconds...)
-	sort.Float64s(v)
-	if len(v) == 0 {
-		return
-	}
-	s.Min, s.Max = v[0], v[len(v)-1]
-	if len(v)%2 == 1 {
-		s.Median = v[len(v)/2]
-	} else {
-		s.Median = (v[len(v)/2-1] + v[len(v)/2]) / 2
-	}
-}
-
-func loadavg() string {
-	b, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
-}
-
-func machine() map[string]string {
-	m := map[string]string{"nproc": strconv.Itoa(runtime.NumCPU()), "load_before": loadavg()}
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-				m["cpu"] = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	if out, err := exec.Command("uname", "-sr").Output(); err == nil {
-		m["kernel"] = strings.TrimSpace(string(out))
-	}
-	if b, err := os.ReadFile("/etc/debian_version"); err == nil {
-		m["debian"] = strings.TrimSpace(string(b))
-	}
-	return m
-}
-
-func firstLine(name string, args ...string) string {
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil && len(out) == 0 {
-		return "unknown"
-	}
-	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
-	return line
-}
-
-func versions(root, ap, sshBin string) map[string]string {
-	v := map[string]string{
-		"go":               runtime.Version(),
-		"ansible-playbook": firstLine(ap, "--version"),
-		"openssh":          firstLine(sshBin, "-V"),
-		"sshd":             firstLine("dpkg-query", "-W", "-f", "${Version}", "openssh-server"),
-		"iptables":         firstLine("iptables", "--version"),
-	}
-	c := exec.Command("git", "rev-parse", "--short", "HEAD")
-	c.Dir = root
-	if out, err := c.Output(); err == nil {
-		v["runbook"] = strings.TrimSpace(string(out))
-	}
-	return v
-}
-
-func writeReport(dir string, res *Results) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("write report: %w", err)
-	}
-	js, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
-		return fmt.Errorf("write report: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "results.json"), append(js, '\n'), 0o644); err != nil {
-		return fmt.Errorf("write report: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "BENCHMARKS.md"), []byte(markdown(res)), 0o644); err != nil {
-		return fmt.Errorf("write report: %w", err)
-	}
-	return nil
-}
+func summarize(s *Sample) { s.Median, s.Min, s.Max = stats(s.Seconds) }

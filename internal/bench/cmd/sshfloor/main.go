@@ -1,7 +1,8 @@
 // Command sshfloor is the floor of the containment benchmark: the least a
 // Go program can do to contain a fleet. It connects to every host at once
 // with x/crypto/ssh and runs the containment commands in one session per
-// host, with no plan, journal, retry or check.
+// host (stop the proxy, drop its port for IPv4 and IPv6, the work
+// runbooks/contain.yaml does), with no plan, journal, retry or check.
 //
 //	sshfloor -i KEY -k KNOWN_HOSTS USER@ADDR:PORT...
 //
@@ -22,7 +23,7 @@ import (
 )
 
 // Command is what every way of containing runs on a gateway.
-const Command = "systemctl stop litellm && iptables -w -I INPUT 1 -p tcp --dport 4000 -j DROP"
+const Command = "systemctl stop litellm && iptables -w -I INPUT 1 -p tcp --dport 4000 -j DROP && ip6tables -w -I INPUT 1 -p tcp --dport 4000 -j DROP"
 
 func main() {
 	key := flag.String("i", "", "private key")

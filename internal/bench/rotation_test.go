@@ -1,0 +1,189 @@
+package bench_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/runbook-dev/runbook/internal/lab"
+	"github.com/runbook-dev/runbook/internal/lab/labtest"
+	"github.com/runbook-dev/runbook/internal/secret"
+)
+
+// RotationResult is scenario 5: requests sent through the lab's nginx
+// while `runbook exec rotate-master` rolls a new master key over the
+// gateways, one at a time behind its health gate.
+type RotationResult struct {
+	Gateways int    `json:"gateways"`
+	Clients  int    `json:"clients"`
+	Seconds  Series `json:"seconds"`
+	Requests Series `json:"requests"`
+	Failed   Series `json:"failed"`
+	// Failures are the first few failed requests of any timed run.
+	Failures []string `json:"failures,omitempty"`
+}
+
+// rotation runs rotate-master under load. The warm-up run also pins
+// LITELLM_SALT_KEY (a first rolling restart the later runs skip).
+func rotation(t *testing.T, h *harness, cfg settings, res *Results) {
+	ctx := context.Background()
+	n := cfg.rotationGateways
+	l := labtest.Up(t, lab.Config{Gateways: n, Nginx: true, Postgres: true, Vault: true})
+	key := loadKey(ctx, t, l)
+	r := &RotationResult{Gateways: n, Clients: cfg.clients}
+	// The load works before anything changes.
+	probe := startLoad(l.Nginx.Addr, key, 1)
+	time.Sleep(200 * time.Millisecond)
+	probe.finish()
+	if probe.total.Load() == 0 || probe.failed.Load() > 0 {
+		t.Fatalf("load through nginx before the rotation: %d of %d failed: %v", probe.failed.Load(), probe.total.Load(), probe.failures)
+	}
+	for i := 0; i < cfg.warmup+cfg.iters; i++ {
+		dir := filepath.Join(t.TempDir(), strconv.Itoa(i))
+		g := startLoad(l.Nginx.Addr, key, cfg.clients)
+		p, err := runProc(h.runbookCmd(ctx, l, dir, "exec", "rotate-master", "--yes", "--reason", "benchmark"))
+		g.finish()
+		if err != nil {
+			t.Fatalf("rotate-master on %d gateways: %v", n, err)
+		}
+		rec, err := readRecord(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Status != "succeeded" || rec.changeOf("rollout") == "" {
+			t.Fatalf("rotate-master: record %s, rollout %q", rec.Status, rec.changeOf("rollout"))
+		}
+		total, failed := g.total.Load(), g.failed.Load()
+		t.Logf("rotate-master under load, %d gateways, iteration %d: %v, %d requests, %d failed %v",
+			n, i, p.took.Round(time.Millisecond), total, failed, g.failures)
+		if i < cfg.warmup {
+			continue
+		}
+		r.Seconds.add(p.took.Seconds())
+		r.Requests.add(float64(total))
+		r.Failed.add(float64(failed))
+		for _, f := range g.failures {
+			if len(r.Failures) < 10 {
+				r.Failures = append(r.Failures, fmt.Sprintf("run %d: %s", i-cfg.warmup+1, f))
+			}
+		}
+	}
+	res.Rotation = r
+}
+
+// loadKey is a seeded virtual key every gateway accepts for the load's
+// requests for as long as the benchmark runs: not blocked, not about to
+// expire, no budget, allowed the load's model.
+func loadKey(ctx context.Context, t *testing.T, l *lab.Lab) secret.Value {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, l.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT token FROM "LiteLLM_VerificationToken"
+		WHERE blocked IS NOT TRUE AND (expires IS NULL OR expires > now() + interval '1 day')
+		AND max_budget IS NULL AND (models = '{}' OR $1 = ANY(models))`, loadModel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fit := map[string]bool{}
+	for rows.Next() {
+		var tok string
+		if err := rows.Scan(&tok); err != nil {
+			t.Fatal(err)
+		}
+		fit[tok] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range l.Seed.Keys {
+		if fit[k.Hash] && k.Valid(time.Now().Add(24*time.Hour)) {
+			return k.Key
+		}
+	}
+	t.Fatal("no seeded virtual key fits the load")
+	return secret.Value{}
+}
+
+const loadModel = "gpt-4o-mini"
+
+// loadGen sends requests through nginx until finished: half chat
+// completions (POST, which nginx does not retry on another gateway once
+// sent), half model lists. Each request opens its own connection, so a
+// failure is the gateways' and nginx's, never a client reusing a
+// connection the server was closing. Only loopback is addressed.
+type loadGen struct {
+	total, failed atomic.Int64
+	mu            sync.Mutex
+	failures      []string
+	stop          chan struct{}
+	done          sync.WaitGroup
+	started       time.Time
+}
+
+func startLoad(addr string, key secret.Value, clients int) *loadGen {
+	g := &loadGen{stop: make(chan struct{}), started: time.Now()}
+	client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	body := `{"model":"` + loadModel + `","messages":[{"role":"user","content":"ping"}]}`
+	for w := 0; w < clients; w++ {
+		g.done.Add(1)
+		go func() {
+			defer g.done.Done()
+			for i := w; ; i++ {
+				select {
+				case <-g.stop:
+					return
+				default:
+				}
+				var req *http.Request
+				if i%2 == 0 {
+					req, _ = http.NewRequest(http.MethodPost, "http://"+addr+"/v1/chat/completions", strings.NewReader(body))
+					req.Header.Set("Content-Type", "application/json")
+				} else {
+					req, _ = http.NewRequest(http.MethodGet, "http://"+addr+"/v1/models", nil)
+				}
+				req.Header.Set("Authorization", "Bearer "+key.Reveal())
+				g.total.Add(1)
+				resp, err := client.Do(req)
+				if err != nil {
+					g.fail(fmt.Sprintf("%s %s: %v", req.Method, req.URL.Path, err))
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					g.fail(fmt.Sprintf("%s %s: status %d", req.Method, req.URL.Path, resp.StatusCode))
+				}
+			}
+		}()
+	}
+	return g
+}
+
+func (g *loadGen) fail(s string) {
+	g.failed.Add(1)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.failures) < 10 {
+		g.failures = append(g.failures, fmt.Sprintf("at %v: %s", time.Since(g.started).Round(time.Millisecond), s))
+	}
+}
+
+// finish stops the load and waits for the requests in flight.
+func (g *loadGen) finish() {
+	close(g.stop)
+	g.done.Wait()
+}
