@@ -57,11 +57,27 @@ func (j *Journal) Write(ctx context.Context, rec journal.Record) error {
 	j.mask(&rec)
 	sealed := journal.Seal(j.prev, j.seq, rec)
 	if err := j.store.Append(ctx, j.runID, sealed); err != nil {
+		j.resync(ctx, sealed)
 		return fmt.Errorf("journal %s: %w", rec.Type, err)
 	}
 	j.prev, j.seq = sealed.Hash, j.seq+1
 	crashPoint(sealed.Seq)
 	return nil
+}
+
+// resync learns, after a failed append, whether the record reached the
+// store all the same (its write landed and the sync after it failed, or a
+// commit's answer was lost), so that the next record chains to what the
+// store holds rather than being refused as out of sequence. The append
+// still failed: the record's durability is not known.
+func (j *Journal) resync(ctx context.Context, sealed journal.Record) {
+	recs, err := j.store.Journal(context.WithoutCancel(ctx), j.runID)
+	if err != nil || len(recs) == 0 {
+		return
+	}
+	if last := recs[len(recs)-1]; last.Seq == sealed.Seq && last.Hash == sealed.Hash {
+		j.prev, j.seq = sealed.Hash, sealed.Seq+1
+	}
 }
 
 func (j *Journal) mask(rec *journal.Record) {
