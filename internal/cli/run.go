@@ -138,7 +138,9 @@ func (g *globals) execute(ctx context.Context, req runRequest) (err error) {
 		runErr = withCode(code, fmt.Errorf("run %s failed: %w", runID, runErr), "after fixing the cause, finish it with: runbook resume "+runID)
 	}
 	if err := jr.Write(context.WithoutCancel(ctx), journal.Record{Type: journal.TEnd, End: end}); err != nil {
-		runErr = errors.Join(runErr, withCode(ExitInternal, err))
+		// The run's end is not journaled: whatever the steps did, the
+		// state store failed, and that is what the exit code says.
+		runErr = withCode(ExitInternal, errors.Join(runErr, err), "after fixing the state store, finish it with: runbook resume "+runID)
 	}
 	summarize(p, res)
 	if paths, err := g.writeRecord(context.WithoutCancel(ctx), store, runID); err != nil {
