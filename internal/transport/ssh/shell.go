@@ -215,17 +215,11 @@ var errNotSent = errors.New("script not sent")
 // report (batchScript prints them); ExitCode is 0. name names the work in
 // errors.
 func (t *Transport) runScript(ctx context.Context, script, name string) (transport.Result, error) {
-	if to := t.d.cfg.CommandTimeout; to > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, to)
-		defer cancel()
+	ctx, done, err := t.begin(ctx, name)
+	if err != nil {
+		return transport.Result{}, err
 	}
-	select {
-	case t.sem <- struct{}{}:
-	case <-ctx.Done():
-		return transport.Result{}, fmt.Errorf("run %s on %s: %w", name, t.tg.name, ctx.Err())
-	}
-	defer func() { <-t.sem }()
+	defer done()
 
 	end := newMarker()
 	script += fmt.Sprintf("printf '\\n%%s\\n' %s; printf '\\n%%s\\n' %s >&2\n", end, end)

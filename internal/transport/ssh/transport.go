@@ -288,19 +288,29 @@ func (t *Transport) Run(ctx context.Context, cmd transport.Command) (transport.R
 	return t.run(ctx, t.commandLine(cmd), cmd.Stdin, cmd.Args[0])
 }
 
-// run runs one remote command line in its own session.
-func (t *Transport) run(ctx context.Context, line string, stdin *secret.Value, name string) (transport.Result, error) {
+// begin bounds a command by the command timeout and takes a session slot;
+// done gives both back.
+func (t *Transport) begin(ctx context.Context, name string) (_ context.Context, done func(), _ error) {
+	cancel := context.CancelFunc(func() {})
 	if to := t.d.cfg.CommandTimeout; to > 0 {
-		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, to)
-		defer cancel()
 	}
 	select {
 	case t.sem <- struct{}{}:
 	case <-ctx.Done():
-		return transport.Result{}, fmt.Errorf("run %s on %s: %w", name, t.tg.name, ctx.Err())
+		cancel()
+		return ctx, nil, fmt.Errorf("run %s on %s: %w", name, t.tg.name, ctx.Err())
 	}
-	defer func() { <-t.sem }()
+	return ctx, func() { <-t.sem; cancel() }, nil
+}
+
+// run runs one remote command line in its own session.
+func (t *Transport) run(ctx context.Context, line string, stdin *secret.Value, name string) (transport.Result, error) {
+	ctx, done, err := t.begin(ctx, name)
+	if err != nil {
+		return transport.Result{}, err
+	}
+	defer done()
 
 	s, gen, err := t.session(ctx)
 	if err != nil {
