@@ -29,11 +29,13 @@ test-short:
 vet:
 	$(GO) vet $(PKGS)
 
-## lint: vet, gofmt, staticcheck and govulncheck (the latter two installed from the module proxy)
+## lint: vet, gofmt, staticcheck and govulncheck (the latter two installed from the module proxy; govulncheck warns and goes on when its vulnerability database is out of reach)
 lint: vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
-	$(GO) run golang.org/x/vuln/cmd/govulncheck@v1.9.0 $(PKGS)
+	@out=$$($(GO) run golang.org/x/vuln/cmd/govulncheck@v1.9.0 $(PKGS) 2>&1); st=$$?; printf '%s\n' "$$out"; \
+	  if [ $$st -ne 0 ]; then printf '%s' "$$out" | grep -q 'fetching vulnerabilities' || exit $$st; \
+	  echo "lint: WARNING: govulncheck could not fetch its vulnerability database: dependencies NOT checked"; fi
 
 ## fuzz: every fuzz target for FUZZTIME each
 fuzz:
@@ -62,11 +64,11 @@ demo: build
 bench: build
 	RUNBOOK_BENCH=full $(GO) test -run '^TestBench$$' -count=1 -v -timeout 45m ./internal/bench/
 
-## reliability: the crash matrix against the lab (RELIABILITY=smoke for a handful of points); see internal/reliability/RELIABILITY.md
+## reliability: the crash matrix of compromise-master and rotate-master, the faults and the leak scan against the lab (RELIABILITY=smoke for a handful of crash points); see internal/reliability/RELIABILITY.md
 RELIABILITY ?= full
 .PHONY: reliability
 reliability:
-	RUNBOOK_RELIABILITY=$(RELIABILITY) $(GO) test -count=1 -run TestReliability -v -timeout 60m ./internal/cli
+	RUNBOOK_RELIABILITY=$(RELIABILITY) $(GO) test -count=1 -run 'TestReliability|TestLeakScan|TestLeakWatch' -v -timeout 120m ./internal/cli
 
 clean:
 	rm -rf $(BIN)
