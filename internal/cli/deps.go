@@ -45,6 +45,12 @@ type deps struct {
 	dbOnce sync.Once
 	db     *pgxpool.Pool
 	dbErr  error
+
+	// What the journal holds (see step.JournalDep): notes by step and
+	// kind, and the intents of earlier attempts by step and host.
+	journalMu sync.Mutex
+	noted     map[[2]string]bool
+	acted     map[[2]string]bool
 }
 
 type hostConn struct {
@@ -58,10 +64,42 @@ var (
 	_ step.DBDep        = (*deps)(nil)
 	_ step.HostsDep     = (*deps)(nil)
 	_ step.NoteDep      = (*deps)(nil)
+	_ step.JournalDep   = (*deps)(nil)
 )
 
 func newDeps(inv *inventory.Inventory, masker *secret.Masker, jr *engine.Journal, stdin any, acceptNewHostKeys bool) *deps {
-	return &deps{inv: inv, masker: masker, journal: jr, stdin: stdin, acceptHK: acceptNewHostKeys, hosts: map[string]*hostConn{}}
+	return &deps{inv: inv, masker: masker, journal: jr, stdin: stdin, acceptHK: acceptNewHostKeys, hosts: map[string]*hostConn{},
+		noted: map[[2]string]bool{}, acted: map[[2]string]bool{}}
+}
+
+// replayed records what the journal of a resumed run already holds.
+func (d *deps) replayed(st *journal.State) {
+	d.journalMu.Lock()
+	defer d.journalMu.Unlock()
+	for _, rec := range st.Notes {
+		if rec.Note != nil {
+			d.noted[[2]string{rec.Step, rec.Note.Kind}] = true
+		}
+	}
+	for _, w := range st.Work {
+		if w.Intents > 0 {
+			d.acted[[2]string{w.Step, w.Host}] = true
+		}
+	}
+}
+
+// Noted implements step.JournalDep.
+func (d *deps) Noted(stepID, kind string) bool {
+	d.journalMu.Lock()
+	defer d.journalMu.Unlock()
+	return d.noted[[2]string{stepID, kind}]
+}
+
+// Acted implements step.JournalDep.
+func (d *deps) Acted(stepID, host string) bool {
+	d.journalMu.Lock()
+	defer d.journalMu.Unlock()
+	return d.acted[[2]string{stepID, host}]
 }
 
 // For implements engine.Transports: one transport per host per run, dialed
@@ -204,7 +242,13 @@ func (d *deps) Note(ctx context.Context, stepID, host string, n journal.Note) er
 	if d.journal == nil {
 		return nil
 	}
-	return d.journal.Write(ctx, journal.Record{Type: journal.TNote, Step: stepID, Host: host, Note: &n})
+	if err := d.journal.Write(ctx, journal.Record{Type: journal.TNote, Step: stepID, Host: host, Note: &n}); err != nil {
+		return err
+	}
+	d.journalMu.Lock()
+	d.noted[[2]string{stepID, n.Kind}] = true
+	d.journalMu.Unlock()
+	return nil
 }
 
 // Close closes every connection.

@@ -116,6 +116,9 @@ func (g *globals) execute(ctx context.Context, req runRequest) (err error) {
 
 	d := newDeps(req.l.inv, masker, jr, g.stdin, req.acceptNewHostKeys)
 	defer d.Close()
+	if req.replay != nil {
+		d.replayed(req.replay)
+	}
 	res, runErr := engine.Run(runCtx, engine.Options{
 		Runbook: req.l.rb, Inventory: req.l.inv, Registry: req.l.reg, Inputs: req.inputs,
 		RunID: runID, Transports: d, Deps: d, Secrets: masker, Progress: p,

@@ -42,3 +42,16 @@ type HostsDep interface {
 type NoteDep interface {
 	Note(ctx context.Context, stepID, host string, n journal.Note) error
 }
+
+// JournalDep tells a kind what the run's journal holds from earlier
+// attempts of the run (the attempt a resume continues) and notes written
+// since. A kind whose side effect lands before its note is journaled uses
+// it to record the note on resume when the attempt that acted could not (a
+// crash, or a state directory that filled up in between).
+type JournalDep interface {
+	// Noted reports whether the journal holds a note of kind from stepID.
+	Noted(stepID, kind string) bool
+	// Acted reports whether an earlier attempt journaled an intent of
+	// stepID on host ("" for a once step): it began the side effect.
+	Acted(stepID, host string) bool
+}

@@ -71,6 +71,21 @@ func vaultClient(ctx context.Context, env *step.Env) (*vault.Client, error) {
 	return c, nil
 }
 
+// unrecorded reports whether an earlier attempt of this run may have
+// landed the step's side effect without journaling its note of kind: it
+// journaled the step's intent (acted, when asked) and no such note is in
+// the journal. A run that cannot tell says no.
+func unrecorded(env *step.Env, kind string, acted bool) bool {
+	d, ok := env.Deps.(step.JournalDep)
+	if !ok || d == nil || env.DryRun {
+		return false
+	}
+	if acted && !d.Acted(env.StepID, env.Host) {
+		return false
+	}
+	return !d.Noted(env.StepID, kind)
+}
+
 func note(ctx context.Context, env *step.Env, n journal.Note) error {
 	d, ok := env.Deps.(step.NoteDep)
 	if !ok {

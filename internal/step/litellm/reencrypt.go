@@ -222,6 +222,10 @@ func (r *Reencrypt) Check(ctx context.Context, env *step.Env) (step.Observation,
 	outputs := step.Outputs{"salt_key": "unset", "rewritten": "0", "undecryptable": strconv.Itoa(len(bad))}
 	pending := scan.Pending()
 	if pending == 0 {
+		encrypted := len(scan.Values) - len(bad)
+		if scan.Count(ll.StateNew) > 0 && (unrecorded(env, ReencryptNoteKind, true) || encrypted > 0 && unrecorded(env, "follow_up", true)) {
+			return step.Observation{Change: fmt.Sprintf("record the re-encryption of the values at rest to master key version %d (an earlier attempt of this run rewrote them and could not record it)", r.NewVersion)}, nil
+		}
 		return step.Observation{Outputs: outputs}, nil
 	}
 	byTable := scan.ByTable(ll.StateOld)
@@ -284,14 +288,27 @@ func (r *Reencrypt) Apply(ctx context.Context, env *step.Env) (step.Outputs, err
 		"tables":        strings.Join(ll.AtRestTables(), ", "),
 	}
 	var text strings.Builder
-	fmt.Fprintf(&text, "Re-encrypted %d stored values in %d rows from master key version %d to %d.\n", scan.Rewritten, scan.Rows, r.OldVersion, r.NewVersion)
+	// later: an earlier attempt of this run rewrote the values and could
+	// not record it (it crashed, or the journal could not be written):
+	// record what is known now, and only what is not in the journal.
+	jd, _ := env.Deps.(step.JournalDep)
+	later := scan.Rewritten == 0 && jd != nil && jd.Acted(env.StepID, env.Host)
+	if later {
+		fields["rewritten"], fields["rows"], fields["recorded_later"] = "unknown", "unknown", "true"
+		fmt.Fprintf(&text, "Recorded by a later attempt of this run: an earlier attempt re-encrypted the stored values from master key version %d to %d and could not record it; %d values are under version %d now (%s).\n",
+			r.OldVersion, r.NewVersion, scan.Count(ll.StateNew), r.NewVersion, countsByTable(scan.ByTable(ll.StateNew)))
+	} else {
+		fmt.Fprintf(&text, "Re-encrypted %d stored values in %d rows from master key version %d to %d.\n", scan.Rewritten, scan.Rows, r.OldVersion, r.NewVersion)
+	}
 	for _, v := range bad {
 		fmt.Fprintf(&text, "Left as it was (opens under neither key): %s\n", v)
 	}
-	if err := note(ctx, env, journal.Note{Kind: "reencrypted_at_rest", Fields: fields, Text: text.String()}); err != nil {
-		return nil, err
+	if !later || !jd.Noted(env.StepID, ReencryptNoteKind) {
+		if err := note(ctx, env, journal.Note{Kind: ReencryptNoteKind, Fields: fields, Text: text.String()}); err != nil {
+			return nil, err
+		}
 	}
-	if encrypted > 0 {
+	if encrypted > 0 && (!later || !jd.Noted(env.StepID, "follow_up")) {
 		fu := fmt.Sprintf("The gateways run without %s, so LiteLLM encrypted its %d stored values with the master key (%s). "+
 			"Upstream provider keys are among them, and anyone holding the leaked master key and a copy of the database could "+
 			"read them: rotate those upstream keys at their providers, and consider setting %s.",
@@ -302,6 +319,9 @@ func (r *Reencrypt) Apply(ctx context.Context, env *step.Env) (step.Outputs, err
 	}
 	return step.Outputs{"salt_key": "unset", "rewritten": strconv.Itoa(scan.Rewritten), "undecryptable": strconv.Itoa(len(bad))}, nil
 }
+
+// ReencryptNoteKind is the kind of the note that records a re-encryption.
+const ReencryptNoteKind = "reencrypted_at_rest"
 
 func encryptedByTable(s *ll.AtRestScan) map[string]int {
 	out := map[string]int{}

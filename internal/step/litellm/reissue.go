@@ -182,6 +182,9 @@ func (r *Reissue) Check(ctx context.Context, env *step.Env) (step.Observation, e
 		if err != nil {
 			return step.Observation{}, step.Retryable(err)
 		}
+		if done > 0 && unrecorded(env, ReissueNoteKind, false) {
+			return step.Observation{Change: fmt.Sprintf("record the %d virtual keys this run re-issued (the attempt that re-issued them could not record them)", done)}, nil
+		}
 		return step.Observation{Outputs: step.Outputs{"count": strconv.Itoa(done), "with_grace": "0", "vault_prefix": r.VaultPrefix}}, nil
 	}
 	// Fail the plan, not the run, on a Vault that cannot be reached.
@@ -251,6 +254,11 @@ func (r *Reissue) Apply(ctx context.Context, env *step.Env) (step.Outputs, error
 		done, err := doneCount(ctx, pool, env)
 		if err != nil {
 			return nil, step.Retryable(err)
+		}
+		if done > 0 && unrecorded(env, ReissueNoteKind, false) {
+			if err := r.noteAgain(ctx, env, pool); err != nil {
+				return nil, err
+			}
 		}
 		return step.Outputs{"count": strconv.Itoa(done), "with_grace": "0", "vault_prefix": r.VaultPrefix}, nil
 	}
@@ -472,6 +480,47 @@ func (r *Reissue) storeOne(ctx context.Context, env *step.Env, vc *vault.Client,
 	return nil
 }
 
+// ReissueNoteKind is the kind of the note that lists the re-issued keys.
+const ReissueNoteKind = "reissued_virtual_keys"
+
+// noteAgain records the keys an earlier attempt of this run re-issued
+// without recording them (it committed, then crashed or could not write
+// the note), from the rows that carry the run's marker. Grace rows and JWT
+// mappings that attempt changed are no longer known; keys without an
+// alias are named by their new value.
+func (r *Reissue) noteAgain(ctx context.Context, env *step.Env, q ll.Querier) error {
+	rows, err := q.Query(ctx, `SELECT token, coalesce(key_alias, ''), coalesce(team_id, ''), coalesce(user_id, '')
+        FROM "LiteLLM_VerificationToken" WHERE "updated_by" = $1 ORDER BY token`, RunMarker(env.RunID))
+	if err != nil {
+		return fmt.Errorf("list re-issued keys: %w", err)
+	}
+	var out []issued
+	for rows.Next() {
+		var k ll.KeyRow
+		if err := rows.Scan(&k.Token, &k.Alias, &k.TeamID, &k.UserID); err != nil {
+			rows.Close()
+			return fmt.Errorf("list re-issued keys: %w", err)
+		}
+		out = append(out, issued{row: k})
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("list re-issued keys: %w", err)
+	}
+	res := ll.ReissueResult{Updated: len(out)}
+	if r.Grace > 0 {
+		res.GraceAdded = len(out) // for the text: old values stay valid
+	}
+	n := reissueNote(env, r, out, nil, res)
+	for _, f := range []string{"grace_removed", "grace_added", "jwt_mappings"} {
+		n.Fields[f] = "unknown"
+	}
+	n.Fields["recorded_later"] = "true"
+	n.Text = "Recorded by a later attempt of this run: the attempt that re-issued these keys could not record them. " +
+		"Grace rows and JWT mappings it changed were not counted; keys without an alias are named by their new value.\n" +
+		strings.Replace(n.Text, "No old value stays valid (0 grace rows removed).", "No old value stays valid.", 1)
+	return note(ctx, env, n)
+}
+
 // maxNoteAliases bounds the aliases listed one by one in the note.
 const maxNoteAliases = 2000
 
@@ -534,7 +583,7 @@ func reissueNote(env *step.Env, r *Reissue, out []issued, missing map[string]boo
 			rest, RunMarker(env.RunID))
 	}
 	return journal.Note{
-		Kind: "reissued_virtual_keys",
+		Kind: ReissueNoteKind,
 		Fields: map[string]string{
 			"count":         strconv.Itoa(res.Updated),
 			"teams":         strings.Join(tl, ", "),
