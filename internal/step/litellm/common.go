@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"regexp"
 	"sort"
 	"strconv"
@@ -57,6 +58,17 @@ func dbPool(ctx context.Context, env *step.Env) (*pgxpool.Pool, error) {
 		return nil, fmt.Errorf("litellm database: %w", err)
 	}
 	return p, nil
+}
+
+// dbError names the database in an error from a transaction on it, so
+// that a server restarted or gone under a step is named in the step's
+// error.
+func dbError(pool *pgxpool.Pool, err error) error {
+	if err == nil {
+		return nil
+	}
+	cc := pool.Config().ConnConfig
+	return fmt.Errorf("litellm database %s: %w", net.JoinHostPort(cc.Host, strconv.Itoa(int(cc.Port))), err)
 }
 
 func vaultClient(ctx context.Context, env *step.Env) (*vault.Client, error) {

@@ -263,7 +263,7 @@ func (r *Reencrypt) Apply(ctx context.Context, env *step.Env) (step.Outputs, err
 	}
 	tx, err := pool.Begin(ctx)
 	if err != nil {
-		return nil, step.Retryable(fmt.Errorf("re-encrypt values at rest: %w", err))
+		return nil, step.Retryable(dbError(pool, fmt.Errorf("re-encrypt values at rest: %w", err)))
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
 	scan, err := ll.ReencryptAtRest(ctx, tx, keys, r.AllowUndecryptable)
@@ -272,10 +272,10 @@ func (r *Reencrypt) Apply(ctx context.Context, env *step.Env) (step.Outputs, err
 		if errors.As(err, &ue) {
 			return nil, fmt.Errorf("%w (set allow_undecryptable: true to leave them as they are)", err)
 		}
-		return nil, err
+		return nil, dbError(pool, err)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("re-encrypt values at rest: commit: %w", err)
+		return nil, dbError(pool, fmt.Errorf("re-encrypt values at rest: commit: %w", err))
 	}
 	bad := scan.Undecryptable()
 	encrypted := len(scan.Values) - len(bad)

@@ -287,7 +287,7 @@ func (r *Reissue) Apply(ctx context.Context, env *step.Env) (step.Outputs, error
 	tDB := time.Now()
 	res, err := r.commit(ctx, env, pool, batch)
 	if err != nil {
-		return nil, err
+		return nil, dbError(pool, err)
 	}
 	dbElapsed := time.Since(tDB)
 	done, err := doneCount(ctx, pool, env)
