@@ -1,0 +1,1107 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sys/unix"
+
+	"github.com/runbook-dev/runbook/internal/journal"
+	"github.com/runbook-dev/runbook/internal/lab"
+	"github.com/runbook-dev/runbook/internal/lab/labtest"
+	"github.com/runbook-dev/runbook/internal/litellm"
+	"github.com/runbook-dev/runbook/internal/secret"
+	"github.com/runbook-dev/runbook/internal/vault"
+)
+
+// The reliability suite's faults (internal/reliability/RELIABILITY.md):
+// compromise-master runs against the lab while one server or resource it
+// depends on fails. Each fault must end the run with an error that names
+// what failed, lose nothing (the journal verifies, every side effect in
+// the world has its intent in the journal, Vault holds one new master-key
+// version at most, every virtual key row holds the old key or one Vault
+// holds), and, once the fault is cleared, `runbook resume` must complete
+// the run with the crash matrix's invariants holding.
+
+// faultWait bounds every wait on the runner or a server: generous, since
+// other tests load the machine.
+const faultWait = 4 * time.Minute
+
+// faultRun is a lab run with the fault's own environment and what the
+// runner printed.
+type faultRun struct {
+	*labRun
+	mode    string
+	env     []string
+	outputs map[string][]byte
+	// lostProxy names hosts whose proxy the fault itself ended (a host's
+	// sshd is its init: stopping it stops everything on it).
+	lostProxy map[string]bool
+}
+
+func newFaultRun(t *testing.T, mode string) *faultRun {
+	t.Helper()
+	r := newLabRun(t)
+	return &faultRun{labRun: r, mode: mode, env: append([]string{}, r.env...), outputs: map[string][]byte{}, lostProxy: map[string]bool{}}
+}
+
+// bgRun is a runner started in the background.
+type bgRun struct {
+	cmd        *exec.Cmd
+	out, errb  bytes.Buffer
+	done       chan struct{}
+	code       int
+	start, end time.Time
+}
+
+func (r *faultRun) startExec(t *testing.T) *bgRun {
+	t.Helper()
+	b := &bgRun{done: make(chan struct{})}
+	b.cmd = r.w.cmd(r.env, "exec", "compromise-master", "--yes", "--reason", "reliability: fault injection")
+	b.cmd.Stdout, b.cmd.Stderr = &b.out, &b.errb
+	b.start = time.Now()
+	if err := b.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		err := b.cmd.Wait()
+		b.end = time.Now()
+		b.code = 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			b.code = ee.ExitCode()
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				b.code = 128 + int(ws.Signal())
+			}
+		} else if err != nil {
+			b.code = -1
+		}
+		close(b.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-b.done:
+		default:
+			_ = b.cmd.Process.Kill()
+			<-b.done
+		}
+	})
+	return b
+}
+
+func (b *bgRun) exited() bool {
+	select {
+	case <-b.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// wait waits for the runner to end and returns its exit code.
+func (b *bgRun) wait(t *testing.T, r *faultRun, what string) int {
+	t.Helper()
+	select {
+	case <-b.done:
+	case <-time.After(faultWait):
+		_ = b.cmd.Process.Kill()
+		<-b.done
+		t.Fatalf("%s: the runner did not end within %v\n%s%s", what, faultWait, b.out.String(), b.errb.String())
+	}
+	r.outputs[what+" stdout"], r.outputs[what+" stderr"] = b.out.Bytes(), b.errb.Bytes()
+	t.Logf("%s: exit %d after %v", what, b.code, b.end.Sub(b.start).Round(time.Millisecond))
+	return b.code
+}
+
+// journalNow reads the run's journal straight from the state directory
+// (complete lines only), as the runner writes it.
+func (r *faultRun) journalNow() []journal.Record {
+	files, _ := filepath.Glob(filepath.Join(r.w.state, "runs", "*.jsonl"))
+	if len(files) != 1 {
+		return nil
+	}
+	data, err := os.ReadFile(files[0])
+	if err != nil {
+		return nil
+	}
+	recs, _, _ := journal.DecodeLines(data)
+	return recs
+}
+
+// waitRecord polls the journal until a record matches and returns it; it
+// fails the test when the runner ends first.
+func (r *faultRun) waitRecord(t *testing.T, b *bgRun, what string, match func(journal.Record) bool) journal.Record {
+	t.Helper()
+	deadline := time.Now().Add(faultWait)
+	for {
+		exited := b.exited()
+		for _, rec := range r.journalNow() {
+			if match(rec) {
+				return rec
+			}
+		}
+		if exited {
+			t.Fatalf("the run ended (exit %d) before %s\n%s%s", b.code, what, b.out.String(), b.errb.String())
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s in the journal after %v", what, faultWait)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func isRecord(typ journal.Type, stepID string) func(journal.Record) bool {
+	return func(rec journal.Record) bool { return rec.Type == typ && rec.Step == stepID }
+}
+
+// runID is the id of the one run in the state directory.
+func (r *faultRun) runID(t *testing.T) string {
+	t.Helper()
+	runs := r.w.runs()
+	if len(runs) != 1 {
+		t.Fatalf("%d runs in the state directory, want 1", len(runs))
+	}
+	return runs[0].RunID
+}
+
+// checkError checks the runner's exit code and that its error names each
+// of want (the step, the host or server, the cause).
+func (r *faultRun) checkError(t *testing.T, b *bgRun, code int, want ...string) {
+	t.Helper()
+	errOut := b.errb.String()
+	if b.code != code {
+		t.Errorf("exit %d, want %d\n%s%s", b.code, code, b.out.String(), errOut)
+	}
+	line := ""
+	for _, l := range strings.Split(errOut, "\n") {
+		if strings.HasPrefix(l, "runbook: error: ") {
+			line = l
+			break
+		}
+	}
+	if line == "" {
+		t.Errorf("no \"runbook: error:\" line on stderr\n%s", errOut)
+		return
+	}
+	t.Logf("error seen: %s", line)
+	for _, w := range want {
+		if !strings.Contains(errOut, w) {
+			t.Errorf("the error does not say %q:\n%s", w, errOut)
+		}
+	}
+	if !strings.Contains(errOut, "runbook resume ") {
+		t.Errorf("no hint to resume:\n%s", errOut)
+	}
+}
+
+// resume clears nothing itself: the fault must be cleared first. It runs
+// `runbook resume` to the end and checks the crash matrix's invariants.
+func (r *faultRun) resume(t *testing.T, id string) {
+	t.Helper()
+	start := time.Now()
+	out, errOut, code := r.w.run(r.env, "resume", id)
+	r.outputs["resume stdout"], r.outputs["resume stderr"] = []byte(out), []byte(errOut)
+	if code != 0 {
+		t.Fatalf("resume: exit %d\n%s%s", code, out, errOut)
+	}
+	t.Logf("resume: exit 0 after %v", time.Since(start).Round(time.Millisecond))
+	r.checkNotes(t, id)
+	r.checkInvariants(t, id, r.outputs)
+}
+
+// checkNotes checks that the journal holds every fact a run of
+// compromise-master leaves for its incident record, whichever attempt
+// wrote it: the master keys' fingerprints, the re-encryption, the
+// re-issued keys (all of them), the exposure report, each gateway's key
+// and the follow-ups. A fault between a side effect and its note must not
+// lose the note.
+func (r *faultRun) checkNotes(t *testing.T, id string) {
+	t.Helper()
+	kinds := map[string]int{}
+	hosts := map[string]bool{}
+	reissued := ""
+	for _, rec := range r.w.journal(id) {
+		if rec.Type != journal.TNote || rec.Note == nil {
+			continue
+		}
+		kinds[rec.Note.Kind]++
+		switch rec.Note.Kind {
+		case "key_version":
+			hosts[rec.Note.Fields["host"]] = true
+		case "reissued_virtual_keys":
+			reissued = rec.Note.Fields["count"]
+		}
+	}
+	for _, k := range []string{"key_fingerprint", "reencrypted_at_rest", "reissued_virtual_keys", "exposure_report", "key_version", "follow_up"} {
+		if kinds[k] == 0 {
+			t.Errorf("the journal holds no %s note: a fact of the incident record is lost", k)
+		}
+	}
+	for _, g := range r.lb.Gateways {
+		if !hosts[g.Name] {
+			t.Errorf("no key_version note for %s", g.Name)
+		}
+	}
+	if want := strconv.Itoa(len(r.lb.Seed.Keys)); kinds["reissued_virtual_keys"] > 0 && reissued != want {
+		t.Errorf("the last reissued_virtual_keys note counts %s keys, want %s", reissued, want)
+	}
+}
+
+// checkNothingLost checks what must hold after a run that a fault stopped:
+// the journal verifies; Vault gained one master-key version at most; every
+// side effect found in the world (a Vault version, a virtual key stored or
+// re-issued, a gateway stopped, contained or given a new key) has its
+// intent in the journal; and every virtual key row holds either its seeded
+// key or one that Vault holds for it. It reads the servers directly, not
+// through the runner's view of them.
+func (r *faultRun) checkNothingLost(t *testing.T, id string) {
+	t.Helper()
+	ctx := context.Background()
+	lb := r.lb
+	recs := r.w.journal(id)
+	if err := journal.Verify(recs); err != nil {
+		t.Errorf("journal hash chain: %v", err)
+	}
+	if _, err := journal.Replay(recs); err != nil {
+		t.Errorf("journal replay: %v", err)
+	}
+	intent := map[string]bool{}
+	for _, rec := range recs {
+		if rec.Type == journal.TIntent {
+			intent[rec.Step+"@"+rec.Host] = true
+		}
+	}
+	needIntent := func(key, what string) {
+		if !intent[key] {
+			t.Errorf("%s, but the journal has no intent of %s", what, key)
+		}
+	}
+
+	vc, err := vault.New(ctx, vault.Config{Address: lb.Vault.Addr, Token: lb.Vault.RootToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := vc.Metadata(ctx, "litellm/master")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var newMaster secret.Value
+	switch {
+	case len(md.Versions) > 2 || md.CurrentVersion > 2:
+		t.Errorf("Vault master key: %d versions, current %d: more than one new version", len(md.Versions), md.CurrentVersion)
+	case md.CurrentVersion == 2:
+		needIntent("new-master-key@", "Vault holds a second master-key version")
+		e, err := vc.ReadVersion(ctx, "litellm/master", 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		newMaster = e.Secret("key")
+	}
+
+	// Virtual keys: each row holds its seeded hash, or the hash of the key
+	// Vault holds for it.
+	conn, err := pgx.Connect(ctx, lb.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	seeded := map[string]string{} // seeded hash -> Vault name
+	for _, k := range lb.Seed.Keys {
+		name := k.Alias
+		if name == "" {
+			name = k.Hash
+		}
+		seeded[k.Hash] = name
+	}
+	inVault := map[string]bool{} // hashes of keys Vault holds
+	names, err := vc.List(ctx, "litellm/virtual-keys")
+	if err != nil && !errors.Is(err, vault.ErrNotFound) {
+		t.Fatal(err)
+	}
+	if len(names) > 0 {
+		needIntent("reissue@", fmt.Sprintf("Vault holds %d re-issued virtual keys", len(names)))
+	}
+	for _, n := range names {
+		e, err := vc.Read(ctx, "litellm/virtual-keys/"+n)
+		if err != nil {
+			t.Errorf("read re-issued key %s: %v", n, err)
+			continue
+		}
+		if k := e.Secret("key"); !k.IsZero() {
+			inVault[litellm.HashToken(k.Reveal())] = true
+		}
+	}
+	rows, err := conn.Query(ctx, `SELECT token FROM `+litellm.TableVerificationToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := 0
+	for _, tok := range tokens {
+		if _, ok := seeded[tok]; ok {
+			continue
+		}
+		changed++
+		if !inVault[tok] {
+			t.Errorf("virtual key row %s holds neither its seeded key nor one Vault holds: a key is lost", tok)
+		}
+	}
+	if len(tokens) != len(lb.Seed.Keys) {
+		t.Errorf("%d virtual key rows, %d seeded", len(tokens), len(lb.Seed.Keys))
+	}
+	if changed > 0 {
+		needIntent("reissue@", fmt.Sprintf("%d virtual key rows were re-issued", changed))
+	}
+
+	// Gateways: proxy stopped, port dropped, new master key: each with
+	// its intent; and no gateway holds a key Vault does not.
+	for _, g := range lb.Gateways {
+		if !gatewayRunning(g) && !r.lostProxy[g.Name] {
+			needIntent("stop-proxy@"+g.Name, g.Name+"'s proxy is stopped")
+		}
+		if out, err := exec.Command("ip", "netns", "exec", g.Namespace, "iptables", "-w", "-S").CombinedOutput(); err != nil {
+			t.Errorf("iptables on %s: %v\n%s", g.Name, err, out)
+		} else if strings.Contains(string(out), "runbook:") {
+			needIntent("drop-port@"+g.Name, g.Name+" has a containment rule")
+		}
+		k := envKey(t, g.EnvPath())
+		switch {
+		case k.Equal(lb.MasterKey):
+		case !newMaster.IsZero() && k.Equal(newMaster):
+			needIntent("rollout@", g.Name+" has the new master key")
+		default:
+			t.Errorf("%s's environment file holds a master key that is neither the old one nor Vault's new one", g.Name)
+		}
+	}
+}
+
+// gatewayRunning reports whether g's LiteLLM gateway process runs.
+func gatewayRunning(g *lab.Gateway) bool {
+	out, err := exec.Command("ip", "netns", "pids", g.Namespace).Output()
+	if err != nil {
+		return false
+	}
+	for _, f := range strings.Fields(string(out)) {
+		b, err := os.ReadFile("/proc/" + f + "/comm")
+		if err == nil && strings.HasPrefix(string(b), "litellm-gateway") {
+			return true
+		}
+	}
+	return false
+}
+
+// envKey reads LITELLM_MASTER_KEY from a gateway's environment file.
+func envKey(t *testing.T, path string) secret.Value {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "LITELLM_MASTER_KEY="); ok {
+			return secret.New(v)
+		}
+	}
+	t.Fatalf("%s holds no LITELLM_MASTER_KEY", path)
+	return secret.Value{}
+}
+
+// poll calls ok until it is true or faultWait passes.
+func poll(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(faultWait)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %v", what, faultWait)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func sh(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), faultWait)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.WaitDelay = 5 * time.Second
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// --- 1. sshd stopped ---------------------------------------------------
+
+// faultSSHDStopped stops the sshd of gw3 before the run: it is the host's
+// init (PID 1 of its PID namespace), so the host goes down with it, as a
+// host whose sshd died is unreachable. Containment fails on gw3; the
+// others are contained. The host is booted again the way the lab boots it
+// and the run resumed.
+func faultSSHDStopped(t *testing.T, r *faultRun) {
+	g := r.lb.Gateway("gw3")
+	if err := syscall.Kill(g.SSHDPID, syscall.SIGTERM); err != nil {
+		t.Fatalf("stop sshd of %s: %v", g.Name, err)
+	}
+	pid := g.SSHDPID
+	poll(t, "sshd of "+g.Name+" gone", func() bool { return !pidAlive(pid) })
+	r.lostProxy[g.Name] = true
+
+	b := r.startExec(t)
+	b.wait(t, r, "exec")
+	r.checkError(t, b, ExitFailed, "step stop-proxy", "gw3", "connect to gw3", "connection refused")
+	id := r.runID(t)
+	r.checkNothingLost(t, id)
+
+	rebootHost(t, r.lb, g)
+	r.resume(t, id)
+}
+
+func pidAlive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i >= 0 && i+2 < len(b) && !bytes.ContainsAny(b[i+2:i+3], "ZXx")
+}
+
+// rebootHost starts a gateway host again as the lab does (internal/lab,
+// bootHost): its boot script as PID 1 of a new PID namespace, in new mount
+// and UTS namespaces, inside the host's network namespace; the script
+// mounts the host's files and execs sshd. It waits until sshd listens.
+func rebootHost(t *testing.T, lb *lab.Lab, g *lab.Gateway) {
+	t.Helper()
+	base := filepath.Dir(g.Dir)
+	nsf, err := os.Open(filepath.Join("/run/netns", g.Namespace))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsf.Close()
+	logf, err := os.OpenFile(filepath.Join(base, "sshd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command("/bin/sh", filepath.Join(base, "boot.sh"))
+	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setsid:       true,
+		Cloneflags:   syscall.CLONE_NEWPID,
+		Unshareflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS,
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		self, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer self.Close()
+		if err := unix.Setns(int(nsf.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		err = cmd.Start()
+		// A thread that cannot go back dies with this goroutine.
+		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("boot %s: %v", g.Name, err)
+	}
+	go func() { _ = cmd.Wait() }()
+	g.SSHDPID, g.BootPID = cmd.Process.Pid, cmd.Process.Pid
+	poll(t, "sshd of "+g.Name+" listening", func() bool {
+		c, err := net.DialTimeout("tcp", g.SSHAddr(), time.Second)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	})
+}
+
+// --- 2. network cut during the rollout ----------------------------------
+
+// faultLinkDown takes gw3's link down (the root namespace's end of its
+// veth) as soon as the rollout's intent is journaled, holds it down until
+// the runner gives up, then brings it up again and resumes. While the link
+// is down a fallback route makes the host's addresses unreachable, so that
+// nothing meant for it leaves through the machine's default route.
+//
+// A connection whose peer vanished without a word is found dead by the SSH
+// keepalive (three intervals unanswered); in smoke mode the inventory sets
+// a 1s interval instead of the default 15s, so the runner gives up in
+// seconds rather than in about a minute.
+func faultLinkDown(t *testing.T, r *faultRun) {
+	g := r.lb.Gateway("gw3")
+	if r.mode == "smoke" {
+		r.useInventory(t, "inventory-keepalive.yaml", func(s string) string {
+			return strings.Replace(s, "  command_timeout: 60s\n", "  command_timeout: 60s\n  keepalive: 1s\n", 1)
+		})
+	}
+	i := strings.LastIndexByte(g.HostAddress, '.')
+	n, _ := strconv.Atoi(g.HostAddress[i+1:])
+	hostNet := g.HostAddress[:i+1] + strconv.Itoa(n-1) + "/30"
+	sh(t, "ip", "route", "add", "unreachable", hostNet, "metric", "4242")
+	t.Cleanup(func() { _ = exec.Command("ip", "route", "del", "unreachable", hostNet, "metric", "4242").Run() })
+
+	b := r.startExec(t)
+	r.waitRecord(t, b, "the intent of rollout", isRecord(journal.TIntent, "rollout"))
+	sh(t, "ip", "link", "set", g.Veth, "down")
+	up := false
+	linkUp := func() {
+		if up {
+			return
+		}
+		up = true
+		sh(t, "ip", "link", "set", g.Veth, "up")
+		// The lab's route to the host carries quickack; bringing the link
+		// up again restores only the kernel's plain route.
+		sh(t, "ip", "route", "replace", hostNet, "dev", g.Veth, "proto", "kernel", "scope", "link", "src", g.HostAddress, "quickack", "1")
+	}
+	t.Cleanup(linkUp)
+	if route, _ := exec.Command("ip", "route", "get", g.Address).CombinedOutput(); strings.Contains(string(route), " via ") {
+		t.Fatalf("with the link down the host's address is routed elsewhere: %s", route)
+	}
+	b.wait(t, r, "exec")
+	r.checkError(t, b, ExitFailed, "step rollout", "gw3")
+	id := r.runID(t)
+	r.checkNothingLost(t, id)
+
+	linkUp()
+	r.resume(t, id)
+}
+
+// --- 3. Vault stopped mid-run -------------------------------------------
+
+// vaultFront stands between the runner and the lab's Vault, as the network
+// path to a Vault server does. Stopping it is, to the runner, Vault
+// stopping: every connection is cut and new ones are refused. The lab's
+// Vault server keeps its storage in memory and discards its unseal key, so
+// neither stopping the real process nor sealing it could be undone;
+// behind this front it keeps what it stored, as a restarted Vault with
+// durable storage does.
+type vaultFront struct {
+	addr   string // 127.0.0.1:PORT
+	target *url.URL
+	// stopAfter: stop once this many virtual-key writes have been answered
+	// by Vault (the reply to the last one is lost).
+	stopAfter int
+
+	mu      sync.Mutex
+	srv     *http.Server
+	writes  int
+	stopped chan struct{}
+}
+
+func newVaultFront(t *testing.T, vaultAddr string, stopAfter int) *vaultFront {
+	t.Helper()
+	u, err := url.Parse(vaultAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &vaultFront{target: u, stopAfter: stopAfter, stopped: make(chan struct{})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.addr = ln.Addr().String()
+	f.serve(ln)
+	t.Cleanup(func() { f.stop() })
+	return f
+}
+
+func (f *vaultFront) serve(ln net.Listener) {
+	proxy := httputil.NewSingleHostReverseProxy(f.target)
+	proxy.ErrorLog = nil
+	proxy.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) }
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		write := (req.Method == http.MethodPut || req.Method == http.MethodPost) &&
+			strings.HasPrefix(req.URL.Path, "/v1/secret/data/litellm/virtual-keys/")
+		if !write {
+			proxy.ServeHTTP(w, req)
+			return
+		}
+		// Forward, and once the stopAfter-th write is answered, stop
+		// before the answer reaches the runner.
+		rec := &heldResponse{header: http.Header{}}
+		proxy.ServeHTTP(rec, req)
+		f.mu.Lock()
+		f.writes++
+		stop := f.writes == f.stopAfter
+		f.mu.Unlock()
+		if stop {
+			go f.stop()
+			panic(http.ErrAbortHandler)
+		}
+		for k, v := range rec.header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.code)
+		_, _ = w.Write(rec.body.Bytes())
+	}), ErrorLog: nil, ReadHeaderTimeout: 10 * time.Second}
+	srv.ErrorLog = nil
+	f.mu.Lock()
+	f.srv = srv
+	f.mu.Unlock()
+	go func() { _ = srv.Serve(ln) }()
+}
+
+// heldResponse holds a response until the front decides to deliver it.
+type heldResponse struct {
+	header http.Header
+	code   int
+	body   bytes.Buffer
+}
+
+func (h *heldResponse) Header() http.Header { return h.header }
+func (h *heldResponse) WriteHeader(c int)   { h.code = c }
+func (h *heldResponse) Write(b []byte) (int, error) {
+	if h.code == 0 {
+		h.code = http.StatusOK
+	}
+	return h.body.Write(b)
+}
+
+// stop closes the listener and every connection.
+func (f *vaultFront) stop() {
+	f.mu.Lock()
+	srv := f.srv
+	f.srv = nil
+	f.mu.Unlock()
+	if srv != nil {
+		_ = srv.Close()
+		select {
+		case <-f.stopped:
+		default:
+			close(f.stopped)
+		}
+	}
+}
+
+// start serves again on the same address, as a restarted Vault does.
+func (f *vaultFront) start(t *testing.T) {
+	t.Helper()
+	var ln net.Listener
+	poll(t, "listen on "+f.addr+" again", func() bool {
+		var err error
+		ln, err = net.Listen("tcp", f.addr)
+		return err == nil
+	})
+	f.mu.Lock()
+	f.stopAfter = -1
+	f.mu.Unlock()
+	f.serve(ln)
+}
+
+// useInventory points the runner at a copy of the lab's inventory, edited.
+func (r *faultRun) useInventory(t *testing.T, name string, edit func(string) string) {
+	t.Helper()
+	b, err := os.ReadFile(r.lb.InventoryPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := edit(string(b))
+	if inv == string(b) {
+		t.Fatalf("%s: the edit changed nothing in the lab's inventory", name)
+	}
+	p := filepath.Join(r.w.dir, name)
+	if err := os.WriteFile(p, []byte(inv), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.env = append(r.env, "RUNBOOK_INVENTORY="+p)
+}
+
+// useVaultFront points the runner at the front: the inventory's Vault
+// address and VAULT_ADDR.
+func (r *faultRun) useVaultFront(t *testing.T, f *vaultFront) {
+	t.Helper()
+	r.useInventory(t, "inventory-vault-front.yaml", func(s string) string {
+		return strings.ReplaceAll(s, r.lb.Vault.Addr, "http://"+f.addr)
+	})
+	r.env = append(r.env, "VAULT_ADDR=http://"+f.addr)
+}
+
+// faultVaultStopped stops Vault (see vaultFront) in the middle of the
+// re-issue, right after Vault stored the 10th new virtual key and before
+// its answer reached the runner; it stays stopped until the runner gives
+// up, then comes back and the run is resumed.
+func faultVaultStopped(t *testing.T, r *faultRun) {
+	f := newVaultFront(t, r.lb.Vault.Addr, 10)
+	r.useVaultFront(t, f)
+	b := r.startExec(t)
+	select {
+	case <-f.stopped:
+	case <-b.done:
+		t.Fatalf("the run ended (exit %d) before Vault was stopped\n%s%s", b.code, b.out.String(), b.errb.String())
+	case <-time.After(faultWait):
+		t.Fatal("Vault was not stopped")
+	}
+	b.wait(t, r, "exec")
+	r.checkError(t, b, ExitFailed, "step reissue", f.addr)
+	id := r.runID(t)
+	r.checkNothingLost(t, id)
+
+	f.start(t)
+	r.resume(t, id)
+}
+
+// --- 4. PostgreSQL restarted during the re-issue --------------------------
+
+// faultPostgresRestart makes the re-issue's transaction wait on a lock
+// the test takes on the virtual key table as soon as the re-issue's intent
+// is journaled (the runner is then storing the new keys in Vault; the
+// re-encryption before it writes that table too, so the lock cannot be
+// taken earlier), then restarts the lab's PostgreSQL (pg_ctl restart -m
+// fast) while that transaction is open.
+func faultPostgresRestart(t *testing.T, r *faultRun) {
+	lb := r.lb
+	b := r.startExec(t)
+	r.waitRecord(t, b, "the intent of reissue", isRecord(journal.TIntent, "reissue"))
+	l := lockTables(t, lb, stepTables["reissue"]...)
+	for _, rec := range r.journalNow() {
+		if rec.Step == "reissue" && rec.Type != journal.TIntent {
+			t.Fatalf("the re-issue ended (%s) before the test took its lock", rec.Type)
+		}
+	}
+	l.waitWaiter(t, "the re-issue")
+	pgRestart(t, lb)
+
+	code := b.wait(t, r, "exec")
+	id := r.runID(t)
+	if code == 0 {
+		// The runner rode out the restart: its retry found the database
+		// back. Nothing to resume.
+		t.Logf("the run completed across the restart")
+		r.checkInvariants(t, id, r.outputs)
+		return
+	}
+	r.checkError(t, b, ExitFailed, "step reissue", "litellm database 127.0.0.1:", "SQLSTATE")
+	r.checkNothingLost(t, id)
+	r.resume(t, id)
+}
+
+// tableLock holds LOCK TABLE ... IN EXCLUSIVE MODE in a transaction of its
+// own: a step's transaction that writes one of the tables waits on it, so
+// the test knows the step is between its intent and its commit.
+type tableLock struct {
+	conn *pgx.Conn
+	tx   pgx.Tx
+}
+
+func lockTables(t *testing.T, lb *lab.Lab, tables ...string) *tableLock {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, lb.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := make([]string, len(tables))
+	for i, tb := range tables {
+		names[i] = pgx.Identifier{strings.Trim(tb, `"`)}.Sanitize()
+	}
+	if _, err := tx.Exec(ctx, `LOCK TABLE `+strings.Join(names, ", ")+` IN EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	return &tableLock{conn: conn, tx: tx}
+}
+
+// waitWaiter waits until another session waits on a lock.
+func (l *tableLock) waitWaiter(t *testing.T, what string) {
+	t.Helper()
+	poll(t, what+" waiting on the test's table lock", func() bool {
+		var n int
+		err := l.conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()`).Scan(&n)
+		return err == nil && n > 0
+	})
+}
+
+func (l *tableLock) release(t *testing.T) {
+	t.Helper()
+	if err := l.tx.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// atRestTables are the tables the re-encryption writes.
+func atRestTables() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, tc := range litellm.AtRestTables() {
+		tb, _, _ := strings.Cut(tc, ".")
+		if !seen[tb] {
+			seen[tb] = true
+			out = append(out, tb)
+		}
+	}
+	return out
+}
+
+// stepTables are the tables whose lock holds a step between its intent
+// and its commit.
+var stepTables = map[string][]string{
+	"reencrypt": atRestTables(),
+	"reissue":   {litellm.TableVerificationToken},
+}
+
+func pgRestart(t *testing.T, lb *lab.Lab) {
+	t.Helper()
+	bin := ""
+	for _, d := range append(append([]string{}, lab.PostgresBinDirs...), globDirs("/usr/lib/postgresql/*/bin")...) {
+		if _, err := os.Stat(filepath.Join(d, "pg_ctl")); err == nil {
+			bin = d
+			break
+		}
+	}
+	if bin == "" {
+		t.Fatal("pg_ctl not found")
+	}
+	start := time.Now()
+	data := filepath.Join(lb.Postgres.Dir, "data")
+	sh(t, "runuser", "-u", "postgres", "--", filepath.Join(bin, "pg_ctl"), "-D", data,
+		"-l", filepath.Join(lb.Postgres.Dir, "postgres.log"), "-m", "fast", "-w", "-t", "120", "restart")
+	t.Logf("PostgreSQL restarted in %v", time.Since(start).Round(time.Millisecond))
+}
+
+func globDirs(pattern string) []string {
+	m, _ := filepath.Glob(pattern)
+	return m
+}
+
+// --- 5. the state directory full or read-only ----------------------------
+
+// mountStateTmpfs mounts a small tmpfs on the run's state directory.
+func mountStateTmpfs(t *testing.T, r *faultRun, size string) {
+	t.Helper()
+	if err := os.MkdirAll(r.w.state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "runbook-faults", r.w.state)
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", r.w.state).Run() })
+}
+
+// fill writes zeros to path until the file system is full.
+func fill(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			if errors.Is(err, syscall.ENOSPC) {
+				break
+			}
+			t.Fatal(err)
+		}
+	}
+	// Small writes take what a large one could not.
+	for {
+		if _, err := f.Write(buf[:512]); err != nil {
+			break
+		}
+	}
+}
+
+// stateFull fills the state directory (a 4 MB tmpfs) as soon as the
+// intent of stepID is journaled: the step's side effect lands and the
+// next record that needs a new page of the file system cannot be
+// journaled (for the re-issue: its note for the incident record, which
+// must not be lost). Then frees the space and resumes.
+func stateFull(stepID string) func(t *testing.T, r *faultRun) {
+	return func(t *testing.T, r *faultRun) {
+		mountStateTmpfs(t, r, "4m")
+		filler := filepath.Join(r.w.state, "filler")
+		b := r.startExec(t)
+		r.waitRecord(t, b, "the intent of "+stepID, isRecord(journal.TIntent, stepID))
+		fill(t, filler)
+		b.wait(t, r, "exec")
+		r.checkError(t, b, r.endCode(t), "step "+stepID, "no space left on device")
+		id := r.runID(t)
+		r.checkNothingLost(t, id)
+
+		if err := os.Remove(filler); err != nil {
+			t.Fatal(err)
+		}
+		r.resume(t, id)
+	}
+}
+
+// endCode is the exit code the README documents for a run stopped by a
+// failing state store: 1 (a step failed) when the run's end was journaled
+// all the same (a torn record was cut, which made room), 5 when not.
+func (r *faultRun) endCode(t *testing.T) int {
+	t.Helper()
+	recs := r.journalNow()
+	if len(recs) > 0 && recs[len(recs)-1].Type == journal.TEnd {
+		t.Logf("the run's end is journaled")
+		return ExitFailed
+	}
+	t.Logf("the run's end is not journaled")
+	return ExitInternal
+}
+
+// stateReadOnly puts the state directory on a small ext4 file system (a
+// loop device, errors=remount-ro) and, while stepID's transaction waits on
+// a table lock the test holds (after its intent is journaled, before its
+// commit), triggers a file system error through ext4's sysfs: the kernel
+// remounts it read-only under the running runner, as it does on a disk
+// error. The test then lets the transaction commit: the step's side effect
+// lands and nothing after it can be journaled. The fault is cleared the way an operator would: unmount, e2fsck,
+// mount again.
+func stateReadOnly(stepID string) func(t *testing.T, r *faultRun) {
+	return func(t *testing.T, r *faultRun) { faultStateReadOnly(t, r, stepID) }
+}
+
+func faultStateReadOnly(t *testing.T, r *faultRun, stepID string) {
+	for _, tool := range []string{"losetup", "mkfs.ext4", "e2fsck", "findmnt"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			labtest.Missing(t, tool+" not found: "+err.Error())
+		}
+	}
+	img := filepath.Join(r.w.dir, "state.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "mkfs.ext4", "-q", "-F", img)
+	if err := os.MkdirAll(r.w.state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	mount := func() {
+		if out, err := exec.Command("mount", "-o", "loop,errors=remount-ro", img, r.w.state).CombinedOutput(); err != nil {
+			labtest.Missing(t, fmt.Sprintf("mount an ext4 image on a loop device: %v: %s", err, out))
+		}
+	}
+	mount()
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", r.w.state).Run() })
+	dev := strings.TrimSpace(sh(t, "findmnt", "-n", "-o", "SOURCE", r.w.state))
+	trigger := filepath.Join("/sys/fs/ext4", filepath.Base(dev), "trigger_fs_error")
+	if _, err := os.Stat(trigger); err != nil {
+		labtest.Missing(t, "ext4 has no trigger_fs_error here: "+err.Error())
+	}
+
+	b := r.startExec(t)
+	r.waitRecord(t, b, "the intent of "+stepID, isRecord(journal.TIntent, stepID))
+	l := lockTables(t, r.lb, stepTables[stepID]...)
+	l.waitWaiter(t, "step "+stepID)
+	if err := os.WriteFile(trigger, []byte("runbook reliability: state directory fault\n"), 0o200); err != nil {
+		t.Fatalf("trigger the file system error: %v", err)
+	}
+	l.release(t)
+	b.wait(t, r, "exec")
+	r.checkError(t, b, r.endCode(t), "step "+stepID, "read-only file system")
+	if opts := sh(t, "findmnt", "-n", "-o", "OPTIONS", r.w.state); !strings.Contains(opts, "ro") {
+		t.Errorf("the state directory is not read-only: %s", opts)
+	}
+	id := r.runID(t)
+	r.checkNothingLost(t, id)
+
+	sh(t, "umount", r.w.state)
+	// The loop device is released after the unmount, not by it: wait, so
+	// that mounting the image again does not find the old one.
+	poll(t, "the loop device of the state directory released", func() bool {
+		out, err := exec.Command("losetup", "-j", img).Output()
+		return err == nil && len(bytes.TrimSpace(out)) == 0
+	})
+	out, err := exec.Command("e2fsck", "-fy", img).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); err != nil && (!ok || ee.ExitCode() > 1) {
+		t.Fatalf("e2fsck: %v\n%s", err, out)
+	}
+	mount()
+	if opts := sh(t, "findmnt", "-n", "-o", "OPTIONS", r.w.state); !strings.HasPrefix(opts, "rw") {
+		t.Fatalf("the state directory is not writable again: %s", opts)
+	}
+	r.resume(t, id)
+}
+
+// --- the suite ------------------------------------------------------------
+
+type fault struct {
+	name string
+	run  func(t *testing.T, r *faultRun)
+}
+
+var faults = []fault{
+	{"sshd-stopped", faultSSHDStopped},
+	{"link-down-during-rollout", faultLinkDown},
+	{"vault-stopped-during-reissue", faultVaultStopped},
+	{"postgres-restarted-during-reissue", faultPostgresRestart},
+	{"state-dir-full-during-reissue", stateFull("reissue")},
+	{"state-dir-read-only-during-reencrypt", stateReadOnly("reencrypt")},
+	{"state-dir-read-only-during-reissue", stateReadOnly("reissue")},
+}
+
+// TestReliabilityFaults injects each fault into compromise-master on a
+// fresh lab of 3 gateways, checks the error and that nothing is lost,
+// clears the fault, resumes and checks the invariants. Smoke and full run
+// the same faults.
+func TestReliabilityFaults(t *testing.T) {
+	mode := reliabilityMode(t)
+	start := time.Now()
+	tried, survived := 0, 0
+	var failed []string
+	for _, f := range faults {
+		ran, skipped := false, false
+		ok := t.Run(f.name, func(t *testing.T) {
+			ran = true
+			defer func() { skipped = t.Skipped() }()
+			fs := time.Now()
+			r := newFaultRun(t, mode)
+			t.Logf("lab up in %v", time.Since(fs).Round(time.Millisecond))
+			f.run(t, r)
+			t.Logf("%s: %v in all", f.name, time.Since(fs).Round(time.Millisecond))
+		})
+		if !ran || skipped {
+			continue // not selected by -run, or its infrastructure is missing
+		}
+		tried++
+		if ok {
+			survived++
+		} else {
+			failed = append(failed, f.name)
+		}
+	}
+	t.Logf("faults tried: %d, survived: %d (mode %s, %v)", tried, survived, mode, time.Since(start).Round(time.Second))
+	if len(failed) > 0 {
+		t.Logf("failed: %s", strings.Join(failed, " "))
+	}
+}
