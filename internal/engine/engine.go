@@ -144,6 +144,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		items:       map[string]map[string]*Item{},
 		failedHosts: map[string]string{},
 	}
+	if e.now == nil && o.Journal != nil {
+		e.now = o.Journal.Now
+	}
 	if e.now == nil {
 		e.now = time.Now
 	}

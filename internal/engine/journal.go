@@ -27,13 +27,33 @@ type Journal struct {
 // NewJournal starts the journal of a new run; the first Write must be its
 // header.
 func NewJournal(store state.Store, runID string, masker *secret.Masker) *Journal {
-	return &Journal{store: store, runID: runID, masker: masker, now: time.Now, seq: journal.FirstSeq}
+	return &Journal{store: store, runID: runID, masker: masker, now: runClock(time.Time{}), seq: journal.FirstSeq}
 }
+
+// runClock is the clock of one run attempt: the wall clock read once, then
+// advanced by the monotonic clock. A step of the wall clock during the run
+// (NTP, `date -s`) does not make the journal's times jump, so the incident
+// record times each phase as it ran; times are true to the wall clock as
+// it was when the attempt began. A resumed attempt starts no earlier than
+// the journal's last record (notBefore), should the wall clock have been
+// stepped back since.
+func runClock(notBefore time.Time) func() time.Time {
+	wall, mono := wallNow(), time.Now()
+	if wall.Before(notBefore) {
+		wall = notBefore
+	}
+	return func() time.Time { return wall.Add(time.Since(mono)) }
+}
+
+// Now reads the journal's clock (see runClock): the engine times its work
+// with it too, so that a record's began and time agree.
+func (j *Journal) Now() time.Time { return j.now() }
 
 // ContinueJournal continues a journal after the records replayed from it.
 func ContinueJournal(store state.Store, runID string, rp *journal.State, masker *secret.Masker) *Journal {
 	j := NewJournal(store, runID, masker)
 	j.prev, j.seq = rp.LastHash(), rp.NextSeq()
+	j.now = runClock(rp.Updated)
 	return j
 }
 
