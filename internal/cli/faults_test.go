@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -1053,6 +1054,70 @@ func faultStateReadOnly(t *testing.T, r *faultRun, stepID string) {
 	r.resume(t, id)
 }
 
+// --- 6. the clock jumping ------------------------------------------------
+
+// faultClockSteps steps the runner's wall clock forward by 2h after the
+// 5th journal record (during the containment) and back by 3h after the
+// 20th (during the rotation), kills the runner after the 25th, and resumes
+// it with the wall clock 3h behind, with the crashpoints build's hooks.
+// The machine's clock is not touched: faketime is not installed here, and
+// could not reach a Go program anyway (it reads the clock through the
+// vDSO, not libc); a time namespace offsets only the monotonic and boot
+// clocks, and only before a process enters it. A clock step is not an
+// error: the run completes, its journal's times neither jump nor go back
+// with the clock, and the incident record times its phases as they ran.
+func faultClockSteps(t *testing.T, r *faultRun) {
+	env := r.env
+	r.env = append(append([]string{}, env...), "RUNBOOK_TEST_CLOCK_STEP=5:2h,20:-3h", "RUNBOOK_TEST_CRASH_AFTER=25")
+	b := r.startExec(t)
+	if code := b.wait(t, r, "exec"); code != 128+int(syscall.SIGKILL) {
+		t.Fatalf("exit %d, want the crash hook's SIGKILL after record 25\n%s%s", code, b.out.String(), b.errb.String())
+	}
+	if n := strings.Count(b.errb.String(), "test hook: the wall clock steps by"); n != 2 {
+		t.Fatalf("the clock stepped %d times, want 2 (is this the crashpoints build?)\n%s", n, b.errb.String())
+	}
+	id := r.runID(t)
+	r.checkNothingLost(t, id)
+	r.env = append(append([]string{}, env...), "RUNBOOK_TEST_CLOCK_STEP=0:-3h")
+	r.resume(t, id)
+	elapsed := time.Since(b.start)
+
+	recs := r.w.journal(id)
+	for i := 1; i < len(recs); i++ {
+		if d := recs[i].Time.Sub(recs[i-1].Time); d < 0 || d > elapsed {
+			t.Errorf("journal time jumps by %v from record %d (%s) to %d (%s)", d, recs[i-1].Seq, recs[i-1].Type, recs[i].Seq, recs[i].Type)
+		}
+	}
+	if span := recs[len(recs)-1].Time.Sub(recs[0].Time); span < 0 || span > elapsed {
+		t.Errorf("the journal spans %v; the run took %v", span, elapsed)
+	}
+	jsons, _ := filepath.Glob(filepath.Join(r.w.dir, "records", "*-compromise-master-"+id+".json"))
+	if len(jsons) != 1 {
+		t.Fatalf("%d JSON records", len(jsons))
+	}
+	data, err := os.ReadFile(jsons[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec struct {
+		Duration string `json:"duration"`
+		Phases   []struct {
+			Name, Duration, Met string
+		} `json:"phases"`
+	}
+	if err := json.Unmarshal(data, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := time.ParseDuration(rec.Duration); err != nil || d < 0 || d > elapsed {
+		t.Errorf("the record says the run took %s; it took %v", rec.Duration, elapsed)
+	}
+	for _, ph := range rec.Phases {
+		if d, err := time.ParseDuration(ph.Duration); err != nil || d < 0 || d > elapsed || ph.Met != "yes" {
+			t.Errorf("the record says phase %s took %s (met its target: %s); the run took %v", ph.Name, ph.Duration, ph.Met, elapsed)
+		}
+	}
+}
+
 // --- the suite ------------------------------------------------------------
 
 type fault struct {
@@ -1068,6 +1133,7 @@ var faults = []fault{
 	{"state-dir-full-during-reissue", stateFull("reissue")},
 	{"state-dir-read-only-during-reencrypt", stateReadOnly("reencrypt")},
 	{"state-dir-read-only-during-reissue", stateReadOnly("reissue")},
+	{"clock-steps-forward-then-back", faultClockSteps},
 }
 
 // TestReliabilityFaults injects each fault into compromise-master on a
