@@ -553,7 +553,8 @@ func rebootHost(t *testing.T, lb *lab.Lab, g *lab.Gateway) {
 // --- 2. network cut during the rollout ----------------------------------
 
 // faultLinkDown takes gw3's link down (the root namespace's end of its
-// veth) as soon as the rollout's intent is journaled, holds it down until
+// veth) as soon as the rollout has observed every gateway and journaled
+// its target (it then works on the hosts), holds it down until
 // the runner gives up, then brings it up again and resumes. While the link
 // is down a fallback route makes the host's addresses unreachable, so that
 // nothing meant for it leaves through the machine's default route.
@@ -576,7 +577,9 @@ func faultLinkDown(t *testing.T, r *faultRun) {
 	t.Cleanup(func() { _ = exec.Command("ip", "route", "del", "unreachable", hostNet, "metric", "4242").Run() })
 
 	b := r.startExec(t)
-	r.waitRecord(t, b, "the intent of rollout", isRecord(journal.TIntent, "rollout"))
+	r.waitRecord(t, b, "the rollout's target note", func(rec journal.Record) bool {
+		return rec.Type == journal.TNote && rec.Step == "rollout" && rec.Note != nil && rec.Note.Kind == "rollout_target"
+	})
 	sh(t, "ip", "link", "set", g.Veth, "down")
 	up := false
 	linkUp := func() {
