@@ -126,6 +126,7 @@ type harness struct {
 	root     string
 	runbook  string
 	sshfloor string
+	measure  string
 	ansible  string
 	ssh      string
 }
@@ -188,14 +189,14 @@ func newHarness(t *testing.T) *harness {
 	}
 	bin := t.TempDir()
 	// go build -o DIR names each binary after its package directory.
-	for _, p := range []string{"cmd/runbook", "internal/bench/cmd/sshfloor"} {
+	for _, p := range []string{"cmd/runbook", "internal/bench/cmd/sshfloor", "internal/bench/cmd/measure"} {
 		c := exec.Command("go", "build", "-o", bin+string(filepath.Separator), "./"+p)
 		c.Dir = h.root
 		if out, err := c.CombinedOutput(); err != nil {
 			t.Fatalf("go build %s: %v\n%s", p, err, out)
 		}
 	}
-	h.runbook, h.sshfloor = filepath.Join(bin, "runbook"), filepath.Join(bin, "sshfloor")
+	h.runbook, h.sshfloor, h.measure = filepath.Join(bin, "runbook"), filepath.Join(bin, "sshfloor"), filepath.Join(bin, "measure")
 	return h
 }
 
@@ -239,9 +240,15 @@ type proc struct {
 
 func (p *proc) rssMiB() float64 { return float64(p.maxRSS) / (1 << 20) }
 
-// runProc runs c to the end. The error carries the end of what it printed
-// (the runner masks secrets in its output).
+// runProc runs c to the end. Its peak RSS is only meaningful through
+// runMeasured. The error carries the end of what it printed (the runner
+// masks secrets in its output).
 func runProc(c *exec.Cmd) (*proc, error) {
+	label := filepath.Base(c.Args[0]) + " " + strings.Join(c.Args[1:min(3, len(c.Args))], " ")
+	return runLabelled(c, label)
+}
+
+func runLabelled(c *exec.Cmd, label string) (*proc, error) {
 	var out, errOut bytes.Buffer
 	c.Stdout, c.Stderr = &out, &errOut
 	t0 := time.Now()
@@ -254,9 +261,43 @@ func runProc(c *exec.Cmd) (*proc, error) {
 		p.cpu = st.UserTime() + st.SystemTime()
 	}
 	if err != nil {
-		return p, fmt.Errorf("%s %s: %w\n%s%s", filepath.Base(c.Args[0]), strings.Join(c.Args[1:min(3, len(c.Args))], " "), err,
-			lastLines(out.String(), 20), lastLines(errOut.String(), 20))
+		return p, fmt.Errorf("%s: %w\n%s%s", label, err, lastLines(out.String(), 20), lastLines(errOut.String(), 20))
 	}
+	return p, nil
+}
+
+// runMeasured runs c through cmd/measure, so that the peak RSS is the
+// runner's own and not the test binary's (see that command), with the wall
+// and CPU times the kernel accounted for the runner.
+func (h *harness) runMeasured(c *exec.Cmd) (*proc, error) {
+	label := filepath.Base(c.Args[0]) + " " + strings.Join(c.Args[1:min(3, len(c.Args))], " ")
+	f, err := os.CreateTemp("", "runbook-bench-usage-*.json")
+	if err != nil {
+		return nil, err
+	}
+	usage := f.Name()
+	f.Close()
+	defer os.Remove(usage)
+	c.Args = append([]string{h.measure, "-o", usage, "--", c.Path}, c.Args[1:]...)
+	c.Path = h.measure
+	p, err := runLabelled(c, label)
+	if err != nil {
+		return p, err
+	}
+	b, err := os.ReadFile(usage)
+	if err != nil {
+		return p, fmt.Errorf("%s: usage: %w", label, err)
+	}
+	var u struct {
+		WallNS    int64 `json:"wall_ns"`
+		UserNS    int64 `json:"user_ns"`
+		SystemNS  int64 `json:"system_ns"`
+		MaxRSSKiB int64 `json:"max_rss_kib"`
+	}
+	if err := json.Unmarshal(b, &u); err != nil {
+		return p, fmt.Errorf("%s: usage: %w", label, err)
+	}
+	p.took, p.cpu, p.maxRSS = time.Duration(u.WallNS), time.Duration(u.UserNS+u.SystemNS), u.MaxRSSKiB*1024
 	return p, nil
 }
 

@@ -60,7 +60,7 @@ func compromise(t *testing.T, h *harness, cfg settings, res *Results) {
 	for i := 0; i < cfg.warmup+cfg.iters; i++ {
 		dir := filepath.Join(t.TempDir(), strconv.Itoa(i))
 		v0 := procCPU(l.Vault.PID)
-		p, err := runProc(h.runbookCmd(ctx, l, dir, "exec", "compromise-master", "--yes", "--reason", "benchmark: master key exposed"))
+		p, err := h.runMeasured(h.runbookCmd(ctx, l, dir, "exec", "compromise-master", "--yes", "--reason", "benchmark: master key exposed"))
 		vcpu := procCPU(l.Vault.PID) - v0
 		if err != nil {
 			t.Fatalf("compromise-master on %d gateways, %d keys: %v", n, keys, err)

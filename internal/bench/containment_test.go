@@ -168,10 +168,21 @@ func runAll(cmds []*exec.Cmd) (time.Duration, error) {
 	return d, nil
 }
 
-// inNet runs a command in gateway g's network namespace.
+// inNet runs a command in gateway g's network namespace, found by its
+// name (a PID could have ended and been reused).
 func inNet(ctx context.Context, g *lab.Gateway, args ...string) ([]byte, error) {
-	argv := append([]string{"--target", strconv.Itoa(g.SSHDPID), "--net"}, args...)
-	return exec.CommandContext(ctx, "nsenter", argv...).CombinedOutput()
+	argv := append([]string{"netns", "exec", g.Namespace}, args...)
+	return exec.CommandContext(ctx, "ip", argv...).CombinedOutput()
+}
+
+// whereIs says which network namespace the gateway's sshd is in, for
+// diagnosing a check that failed.
+func whereIs(ctx context.Context, g *lab.Gateway) string {
+	out, err := exec.CommandContext(ctx, "ip", "netns", "identify", strconv.Itoa(g.SSHDPID)).CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("sshd %d: %v", g.SSHDPID, err)
+	}
+	return fmt.Sprintf("sshd %d in namespace %q, want %q", g.SSHDPID, strings.TrimSpace(string(out)), g.Namespace)
 }
 
 func forEach(l *lab.Lab, fn func(g *lab.Gateway) error) error {
@@ -226,7 +237,7 @@ func checkContained(ctx context.Context, t *testing.T, l *lab.Lab, way string) {
 				return fmt.Errorf("%s: %s -S: %w: %s", g.Name, ipt, err, out)
 			}
 			if !dropRule.Match(out) {
-				return fmt.Errorf("%s: no %s DROP rule for port 4000 in INPUT:\n%s", g.Name, ipt, out)
+				return fmt.Errorf("%s: no %s DROP rule for port 4000 in INPUT (%s):\n%s", g.Name, ipt, whereIs(ctx, g), out)
 			}
 		}
 		st, _ := l.Systemctl(ctx, g, "is-active", "litellm")

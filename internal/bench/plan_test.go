@@ -30,7 +30,7 @@ func plan(t *testing.T, h *harness, cfg settings, l *lab.Lab, res *Results) {
 	r := &PlanResult{Gateways: len(l.Gateways)}
 	for i := 0; i < cfg.warmup+cfg.iters; i++ {
 		dir := filepath.Join(t.TempDir(), strconv.Itoa(i))
-		p, err := runProc(h.runbookCmd(ctx, l, dir, "plan", "compromise-master", "--reason", "benchmark", "-o", "json"))
+		p, err := h.runMeasured(h.runbookCmd(ctx, l, dir, "plan", "compromise-master", "--reason", "benchmark", "-o", "json"))
 		if err != nil {
 			t.Fatalf("plan on %d gateways: %v", len(l.Gateways), err)
 		}

@@ -78,7 +78,7 @@ func reissue(t *testing.T, h *harness, cfg settings, res *Results) {
 					prof = startProfiles(ctx, t, l, c, secs)
 				}
 				v0 := procCPU(l.Vault.PID)
-				p, err := runProc(c)
+				p, err := h.runMeasured(c)
 				vcpu := procCPU(l.Vault.PID) - v0
 				if err != nil {
 					t.Fatalf("re-issue %d keys: %v", n, err)
