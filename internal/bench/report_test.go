@@ -312,7 +312,10 @@ func (r *Results) rotationSection(b *strings.Builder) {
 
 func (r *Results) memorySection(b *strings.Builder) {
 	b.WriteString("\n## 6. Peak memory\n\n")
-	b.WriteString("Maximum resident set of the runbook process, from the kernel's accounting of the child (rusage ru_maxrss).\n\n")
+	b.WriteString("Maximum resident set of the runbook process, from the kernel's accounting of the child (rusage ru_maxrss),\n")
+	b.WriteString("taken through internal/bench/cmd/measure: a child started straight from the test binary is charged with the\n")
+	b.WriteString("test's own high-water mark (Go starts children with vfork, in the parent's address space until exec), so the\n")
+	b.WriteString("runner is started from that small program instead, whose few MiB are the figure's floor.\n\n")
 	b.WriteString("| run | peak RSS |\n|---|---|\n")
 	any := false
 	if p := r.Plan; p != nil && p.MaxRSSMiB.ok() {
