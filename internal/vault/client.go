@@ -257,7 +257,7 @@ func (c *Client) appRoleLogin(ctx context.Context, cfg Config) error {
 	}
 	s, err := c.api.Logical().WriteWithContext(ctx, path, data)
 	if err != nil {
-		return wrapAPI("approle login", path, err)
+		return c.wrapAPI("approle login", path, err)
 	}
 	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
 		return fmt.Errorf("vault approle login %s: no token in the response", path)
@@ -272,7 +272,7 @@ func (c *Client) checkMount(ctx context.Context) error {
 	path := "sys/internal/ui/mounts/" + c.mount
 	s, err := c.api.Logical().ReadWithContext(ctx, path)
 	if err != nil {
-		return wrapAPI("check mount", c.mount, err)
+		return c.wrapAPI("check mount", c.mount, err)
 	}
 	if s == nil || s.Data == nil {
 		return fmt.Errorf("vault check mount %s: %w (or the token has no access under it)", c.mount, ErrNotFound)
@@ -388,7 +388,7 @@ func (c *Client) read(ctx context.Context, path string, n int, plain []string) (
 	}
 	s, err := c.api.Logical().ReadWithDataWithContext(ctx, c.dataPath(path), q)
 	if err != nil {
-		return nil, wrapAPI("read", disp, err)
+		return nil, c.wrapAPI("read", disp, err)
 	}
 	if s == nil || s.Data == nil {
 		return nil, fmt.Errorf("vault read %s: %w", disp, ErrNotFound)
@@ -429,7 +429,7 @@ func (c *Client) read(ctx context.Context, path string, n int, plain []string) (
 func (c *Client) Metadata(ctx context.Context, path string) (*Metadata, error) {
 	s, err := c.api.Logical().ReadWithContext(ctx, c.metadataPath(path))
 	if err != nil {
-		return nil, wrapAPI("read metadata", c.Display(path), err)
+		return nil, c.wrapAPI("read metadata", c.Display(path), err)
 	}
 	if s == nil || s.Data == nil {
 		return nil, fmt.Errorf("vault read metadata %s: %w", c.Display(path), ErrNotFound)
@@ -494,7 +494,7 @@ func (c *Client) Write(ctx context.Context, path string, data Data, cas int) (in
 			}
 			return 0, &CASError{Path: c.Display(path), Expected: cas, Current: cur}
 		}
-		return 0, wrapAPI("write", c.Display(path), err)
+		return 0, c.wrapAPI("write", c.Display(path), err)
 	}
 	if s == nil || s.Data == nil {
 		return 0, fmt.Errorf("vault write %s: no version in the response", c.Display(path))
@@ -515,7 +515,7 @@ func (c *Client) WriteCustomMetadata(ctx context.Context, path string, md map[st
 	}
 	_, err := c.api.Logical().WriteWithContext(ctx, c.metadataPath(path), map[string]any{"custom_metadata": m})
 	if err != nil {
-		return wrapAPI("write metadata", c.Display(path), err)
+		return c.wrapAPI("write metadata", c.Display(path), err)
 	}
 	return nil
 }
@@ -525,7 +525,7 @@ func (c *Client) WriteCustomMetadata(ctx context.Context, path string, md map[st
 func (c *Client) List(ctx context.Context, path string) ([]string, error) {
 	s, err := c.api.Logical().ListWithContext(ctx, c.metadataPath(path))
 	if err != nil {
-		return nil, wrapAPI("list", c.Display(path), err)
+		return nil, c.wrapAPI("list", c.Display(path), err)
 	}
 	if s == nil || s.Data == nil {
 		return nil, nil
@@ -555,8 +555,9 @@ func isCASMismatch(err error) bool {
 
 // wrapAPI turns an error from Vault's client into one that names the
 // operation and path. Vault's response errors carry Vault's messages only;
-// transport errors name the URL, never the token or a request body.
-func wrapAPI(op, path string, err error) error {
+// transport errors name the server (a timeout does not say it otherwise),
+// never the token or a request body.
+func (c *Client) wrapAPI(op, path string, err error) error {
 	var re *api.ResponseError
 	if errors.As(err, &re) {
 		msgs := re.Errors
@@ -565,6 +566,9 @@ func wrapAPI(op, path string, err error) error {
 			msgs = []string{"unparsable response body"}
 		}
 		return &APIError{Op: op, Path: path, StatusCode: re.StatusCode, Messages: msgs}
+	}
+	if !strings.Contains(err.Error(), c.address) {
+		return fmt.Errorf("vault %s %s at %s: %w", op, path, c.address, err)
 	}
 	return fmt.Errorf("vault %s %s: %w", op, path, err)
 }
