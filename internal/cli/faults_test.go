@@ -462,13 +462,7 @@ func sh(t *testing.T, name string, args ...string) string {
 // and the run resumed.
 func faultSSHDStopped(t *testing.T, r *faultRun) {
 	g := r.lb.Gateway("gw3")
-	if err := syscall.Kill(g.SSHDPID, syscall.SIGTERM); err != nil {
-		t.Fatalf("stop sshd of %s: %v", g.Name, err)
-	}
-	pid := g.SSHDPID
-	poll(t, "sshd of "+g.Name+" gone", func() bool { return !pidAlive(pid) })
-	r.lostProxy[g.Name] = true
-
+	stopSSHD(t, r, g)
 	b := r.startExec(t)
 	b.wait(t, r, "exec")
 	r.checkError(t, b, ExitFailed, "step stop-proxy", "gw3", "connect to gw3", "connection refused")
@@ -477,6 +471,33 @@ func faultSSHDStopped(t *testing.T, r *faultRun) {
 
 	rebootHost(t, r.lb, g)
 	r.resume(t, id)
+}
+
+// faultSSHDStoppedContaining stops gw3's sshd (and so the host) while the
+// run contains: as soon as the first firewall rule's intent is journaled,
+// with the runner's SSH connection to gw3 open.
+func faultSSHDStoppedContaining(t *testing.T, r *faultRun) {
+	g := r.lb.Gateway("gw3")
+	b := r.startExec(t)
+	r.waitRecord(t, b, "the first intent of drop-port", isRecord(journal.TIntent, "drop-port"))
+	stopSSHD(t, r, g)
+	b.wait(t, r, "exec")
+	r.checkError(t, b, ExitFailed, "gw3")
+	id := r.runID(t)
+	r.checkNothingLost(t, id)
+
+	rebootHost(t, r.lb, g)
+	r.resume(t, id)
+}
+
+func stopSSHD(t *testing.T, r *faultRun, g *lab.Gateway) {
+	t.Helper()
+	pid := g.SSHDPID
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatalf("stop sshd of %s: %v", g.Name, err)
+	}
+	poll(t, "sshd of "+g.Name+" gone", func() bool { return !pidAlive(pid) })
+	r.lostProxy[g.Name] = true
 }
 
 func pidAlive(pid int) bool {
@@ -609,75 +630,112 @@ func faultLinkDown(t *testing.T, r *faultRun) {
 
 // vaultFront stands between the runner and the lab's Vault, as the network
 // path to a Vault server does. Stopping it is, to the runner, Vault
-// stopping: every connection is cut and new ones are refused. The lab's
-// Vault server keeps its storage in memory and discards its unseal key, so
-// neither stopping the real process nor sealing it could be undone;
+// stopping: every connection is cut and new ones are refused. Hanging it is
+// Vault hanging: connections are accepted and nothing is answered. The
+// lab's Vault server keeps its storage in memory and discards its unseal
+// key, so neither stopping the real process nor sealing it could be undone;
 // behind this front it keeps what it stored, as a restarted Vault with
 // durable storage does.
 type vaultFront struct {
 	addr   string // 127.0.0.1:PORT
 	target *url.URL
-	// stopAfter: stop once this many virtual-key writes have been answered
-	// by Vault (the reply to the last one is lost).
-	stopAfter int
+	// After this many virtual-key writes answered by Vault, the front
+	// stops (hang false) or hangs (hang true); the answer to the last one
+	// never reaches the runner.
+	faultAfter int
+	hang       bool
 
 	mu      sync.Mutex
 	srv     *http.Server
 	writes  int
-	stopped chan struct{}
+	hung    chan struct{} // closed on release; nil when not hung
+	faulted chan struct{} // closed once the fault is in
 }
 
-func newVaultFront(t *testing.T, vaultAddr string, stopAfter int) *vaultFront {
+func newVaultFront(t *testing.T, vaultAddr string, faultAfter int, hang bool) *vaultFront {
 	t.Helper()
 	u, err := url.Parse(vaultAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &vaultFront{target: u, stopAfter: stopAfter, stopped: make(chan struct{})}
+	f := &vaultFront{target: u, faultAfter: faultAfter, hang: hang, faulted: make(chan struct{})}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.addr = ln.Addr().String()
 	f.serve(ln)
-	t.Cleanup(func() { f.stop() })
+	t.Cleanup(func() {
+		f.release()
+		f.stop()
+	})
 	return f
 }
 
 func (f *vaultFront) serve(ln net.Listener) {
 	proxy := httputil.NewSingleHostReverseProxy(f.target)
-	proxy.ErrorLog = nil
 	proxy.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) }
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		f.waitHung(req)
 		write := (req.Method == http.MethodPut || req.Method == http.MethodPost) &&
 			strings.HasPrefix(req.URL.Path, "/v1/secret/data/litellm/virtual-keys/")
 		if !write {
 			proxy.ServeHTTP(w, req)
 			return
 		}
-		// Forward, and once the stopAfter-th write is answered, stop
-		// before the answer reaches the runner.
+		// Forward, and once the faultAfter-th write is answered, stop or
+		// hang before the answer reaches the runner.
 		rec := &heldResponse{header: http.Header{}}
 		proxy.ServeHTTP(rec, req)
 		f.mu.Lock()
 		f.writes++
-		stop := f.writes == f.stopAfter
+		fault := f.writes == f.faultAfter
+		if fault && f.hang {
+			f.hung = make(chan struct{})
+		}
 		f.mu.Unlock()
-		if stop {
-			go f.stop()
-			panic(http.ErrAbortHandler)
+		if fault {
+			close(f.faulted)
+			if !f.hang {
+				go f.stop()
+				panic(http.ErrAbortHandler)
+			}
+			f.waitHung(req)
 		}
 		for k, v := range rec.header {
 			w.Header()[k] = v
 		}
 		w.WriteHeader(rec.code)
 		_, _ = w.Write(rec.body.Bytes())
-	}), ErrorLog: nil, ReadHeaderTimeout: 10 * time.Second}
-	srv.ErrorLog = nil
+	}), ReadHeaderTimeout: 10 * time.Second}
 	f.mu.Lock()
 	f.srv = srv
 	f.mu.Unlock()
 	go func() { _ = srv.Serve(ln) }()
+}
+
+// waitHung blocks while the front hangs, or until the request is gone.
+func (f *vaultFront) waitHung(req *http.Request) {
+	f.mu.Lock()
+	ch := f.hung
+	f.mu.Unlock()
+	if ch != nil {
+		select {
+		case <-ch:
+		case <-req.Context().Done():
+		}
+	}
+}
+
+// release ends a hang.
+func (f *vaultFront) release() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.hung != nil {
+		close(f.hung)
+		f.hung = nil
+	}
+	f.faultAfter = -1
 }
 
 // heldResponse holds a response until the front decides to deliver it.
@@ -704,11 +762,6 @@ func (f *vaultFront) stop() {
 	f.mu.Unlock()
 	if srv != nil {
 		_ = srv.Close()
-		select {
-		case <-f.stopped:
-		default:
-			close(f.stopped)
-		}
 	}
 }
 
@@ -721,9 +774,7 @@ func (f *vaultFront) start(t *testing.T) {
 		ln, err = net.Listen("tcp", f.addr)
 		return err == nil
 	})
-	f.mu.Lock()
-	f.stopAfter = -1
-	f.mu.Unlock()
+	f.release()
 	f.serve(ln)
 }
 
@@ -760,23 +811,46 @@ func (r *faultRun) useVaultFront(t *testing.T, f *vaultFront) {
 // its answer reached the runner; it stays stopped until the runner gives
 // up, then comes back and the run is resumed.
 func faultVaultStopped(t *testing.T, r *faultRun) {
-	f := newVaultFront(t, r.lb.Vault.Addr, 10)
+	f := newVaultFront(t, r.lb.Vault.Addr, 10, false)
 	r.useVaultFront(t, f)
 	b := r.startExec(t)
-	select {
-	case <-f.stopped:
-	case <-b.done:
-		t.Fatalf("the run ended (exit %d) before Vault was stopped\n%s%s", b.code, b.out.String(), b.errb.String())
-	case <-time.After(faultWait):
-		t.Fatal("Vault was not stopped")
-	}
+	waitFault(t, b, f)
 	b.wait(t, r, "exec")
-	r.checkError(t, b, ExitFailed, "step reissue", f.addr)
+	r.checkError(t, b, ExitFailed, "step reissue", f.addr, "connection refused")
 	id := r.runID(t)
 	r.checkNothingLost(t, id)
 
 	f.start(t)
 	r.resume(t, id)
+}
+
+// faultVaultHung makes Vault hang (see vaultFront) at the same point: it
+// accepts connections and answers nothing until the runner gives up on it
+// (its Vault client's request timeout, 30s, and retries), then answers
+// again and the run is resumed.
+func faultVaultHung(t *testing.T, r *faultRun) {
+	f := newVaultFront(t, r.lb.Vault.Addr, 10, true)
+	r.useVaultFront(t, f)
+	b := r.startExec(t)
+	waitFault(t, b, f)
+	b.wait(t, r, "exec")
+	r.checkError(t, b, ExitFailed, "step reissue", f.addr)
+	id := r.runID(t)
+	r.checkNothingLost(t, id)
+
+	f.release()
+	r.resume(t, id)
+}
+
+func waitFault(t *testing.T, b *bgRun, f *vaultFront) {
+	t.Helper()
+	select {
+	case <-f.faulted:
+	case <-b.done:
+		t.Fatalf("the run ended (exit %d) before the Vault fault\n%s%s", b.code, b.out.String(), b.errb.String())
+	case <-time.After(faultWait):
+		t.Fatal("the Vault fault did not happen")
+	}
 }
 
 // --- 4. PostgreSQL restarted during the re-issue --------------------------
@@ -1126,23 +1200,28 @@ func faultClockSteps(t *testing.T, r *faultRun) {
 type fault struct {
 	name string
 	run  func(t *testing.T, r *faultRun)
+	// full: only in full mode (it waits out a timeout).
+	full bool
 }
 
 var faults = []fault{
-	{"sshd-stopped", faultSSHDStopped},
-	{"link-down-during-rollout", faultLinkDown},
-	{"vault-stopped-during-reissue", faultVaultStopped},
-	{"postgres-restarted-during-reissue", faultPostgresRestart},
-	{"state-dir-full-during-reissue", stateFull("reissue")},
-	{"state-dir-read-only-during-reencrypt", stateReadOnly("reencrypt")},
-	{"state-dir-read-only-during-reissue", stateReadOnly("reissue")},
-	{"clock-steps-forward-then-back", faultClockSteps},
+	{name: "sshd-stopped-before-the-run", run: faultSSHDStopped},
+	{name: "sshd-stopped-during-containment", run: faultSSHDStoppedContaining},
+	{name: "link-down-during-rollout", run: faultLinkDown},
+	{name: "vault-stopped-during-reissue", run: faultVaultStopped},
+	{name: "vault-hung-during-reissue", run: faultVaultHung, full: true},
+	{name: "postgres-restarted-during-reissue", run: faultPostgresRestart},
+	{name: "state-dir-full-during-reissue", run: stateFull("reissue")},
+	{name: "state-dir-read-only-during-reencrypt", run: stateReadOnly("reencrypt")},
+	{name: "state-dir-read-only-during-reissue", run: stateReadOnly("reissue")},
+	{name: "clock-steps-forward-then-back", run: faultClockSteps},
 }
 
 // TestReliabilityFaults injects each fault into compromise-master on a
 // fresh lab of 3 gateways, checks the error and that nothing is lost,
-// clears the fault, resumes and checks the invariants. Smoke and full run
-// the same faults.
+// clears the fault, resumes and checks the invariants. Full mode adds the
+// faults that wait out a timeout (a hung Vault) and cuts the link with the
+// default SSH keepalive.
 func TestReliabilityFaults(t *testing.T) {
 	mode := reliabilityMode(t)
 	start := time.Now()
@@ -1150,6 +1229,9 @@ func TestReliabilityFaults(t *testing.T) {
 	var failed []string
 	for _, f := range faults {
 		ran, skipped := false, false
+		if f.full && mode != "full" {
+			continue
+		}
 		ok := t.Run(f.name, func(t *testing.T) {
 			ran = true
 			defer func() { skipped = t.Skipped() }()
