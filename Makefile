@@ -62,7 +62,7 @@ demo: build
 
 ## bench: benchmarks against the lab (containment, plan, re-issue, compromise-master, rotation under load, peak RSS); writes internal/bench/BENCHMARKS.md and results.json
 bench: build
-	RUNBOOK_BENCH=full $(GO) test -run '^TestBench$$' -count=1 -v -timeout 45m ./internal/bench/
+	RUNBOOK_BENCH=full $(GO) test -run '^TestBench$$' -count=1 -v -timeout 120m ./internal/bench/
 
 ## reliability: the crash matrix of compromise-master and rotate-master, the faults and the leak scan against the lab (RELIABILITY=smoke for a handful of crash points); see internal/reliability/RELIABILITY.md
 RELIABILITY ?= full
