@@ -105,14 +105,9 @@ func checkText(src *Source, data []byte) *Error {
 			i += size
 			continue
 		case r == '\t' || r == '\r':
-		case r < 0x20 || r == 0x7f || r >= 0x80 && r <= 0x9f:
-			msg = fmt.Sprintf("control character U+%04X is not allowed", r)
-		case r == 0x2028 || r == 0x2029:
-			msg = fmt.Sprintf("line separator U+%04X is not allowed", r)
-		case r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069 || r == 0x200e || r == 0x200f || r == 0x061c:
-			msg = fmt.Sprintf("bidirectional control character U+%04X is not allowed: it makes the text read differently from how it parses", r)
-		case r >= 0x200b && r <= 0x200d || r == 0x2060 || r == 0xfeff && i > 0 || r == 0x00ad:
-			msg = fmt.Sprintf("invisible character U+%04X is not allowed", r)
+		case r == 0xfeff && i == 0: // a byte order mark
+		default:
+			msg = badRune(r)
 		}
 		if msg != "" {
 			return src.ErrorAt(line, col, "", msg)
@@ -128,6 +123,42 @@ var lineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 // syntaxError turns the YAML library's error into an Error. The library
 // gives a line but no column; the column is that of the first tab in the
 // line's indentation when there is one, else of its first character.
+// badRune says why r has no place in text a person wrote and reads, or
+// returns "": control characters (line feed and tab aside),
+// separators, and bidirectional and invisible formatting characters.
+func badRune(r rune) string {
+	switch {
+	case r == '\n' || r == '\t':
+	case r == 0:
+		return "NUL character is not allowed"
+	case r < 0x20 || r == 0x7f || r >= 0x80 && r <= 0x9f:
+		return fmt.Sprintf("control character U+%04X is not allowed", r)
+	case r == 0x2028 || r == 0x2029:
+		return fmt.Sprintf("line separator U+%04X is not allowed", r)
+	case r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069 || r == 0x200e || r == 0x200f || r == 0x061c:
+		return fmt.Sprintf("bidirectional control character U+%04X is not allowed: it makes the text read differently from how it parses", r)
+	case r >= 0x200b && r <= 0x200d || r == 0x2060 || r == 0xfeff || r == 0x00ad:
+		return fmt.Sprintf("invisible character U+%04X is not allowed", r)
+	}
+	return ""
+}
+
+// checkScalar refuses a scalar whose value, once YAML's escapes are read
+// ("\e", "\0", "\u202e" in double quotes), holds what checkText refuses
+// in the file's bytes: such text would reach terminals, journals and
+// records.
+func (w *walker) checkScalar(n *yaml.Node) {
+	if n.Style&(yaml.DoubleQuotedStyle) == 0 {
+		return // only double quotes have escapes; the bytes were checked
+	}
+	for _, r := range n.Value {
+		if msg := badRune(r); msg != "" {
+			w.add(n, msg+" (written as an escape)")
+			return
+		}
+	}
+}
+
 func syntaxError(src *Source, text []byte, err error) *Error {
 	msg := err.Error()
 	line := 0
@@ -271,6 +302,7 @@ func (w *walker) walk(n *yaml.Node, depth int) {
 				if k.Anchor != "" {
 					w.anchorAt(k)
 				}
+				w.checkScalar(k)
 				if first, dup := seen[k.Value]; dup {
 					w.add(k, fmt.Sprintf("duplicate key %s (first at line %d)", Quote(k.Value), first.Line))
 				} else {
@@ -283,5 +315,7 @@ func (w *walker) walk(n *yaml.Node, depth int) {
 		for _, c := range n.Content {
 			w.walk(c, depth+1)
 		}
+	case yaml.ScalarNode:
+		w.checkScalar(n)
 	}
 }
