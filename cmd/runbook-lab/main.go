@@ -66,7 +66,6 @@ type upOptions struct {
 	noNginx   bool
 	noPG      bool
 	timeout   time.Duration
-	quietEnv  bool
 	gatewayBn string
 }
 

@@ -115,7 +115,6 @@ type engine struct {
 	// failedHosts are hosts that failed a step with on_failure: continue;
 	// later steps skip them.
 	failedHosts map[string]string
-	interrupted bool
 }
 
 // Run plans (DryRun) or runs the runbook. It returns the result of every

@@ -97,7 +97,7 @@ func (f *fixture) options(dry bool) engine.Options {
 
 // run does a real run with a journal in a fresh fs store and returns the
 // result, the error and the journal's records.
-func (f *fixture) run(mod func(*engine.Options)) (*engine.Result, error, []journal.Record) {
+func (f *fixture) run(mod func(*engine.Options)) (*engine.Result, []journal.Record, error) {
 	f.t.Helper()
 	store, err := statefs.Open(filepath.Join(f.dir, "state"))
 	if err != nil {
@@ -122,7 +122,7 @@ func (f *fixture) run(mod func(*engine.Options)) (*engine.Result, error, []journ
 	if err := journal.Verify(recs); err != nil {
 		f.t.Fatalf("journal does not verify: %v", err)
 	}
-	return res, runErr, recs
+	return res, recs, runErr
 }
 
 func (f *fixture) lines(host string) []string {
@@ -188,7 +188,7 @@ func TestPlanPredictsExactlyWhatTheRunChanges(t *testing.T) {
 	if len(predicted) != 6 {
 		t.Fatalf("plan predicts %d changes, want 6: %v", len(predicted), predicted)
 	}
-	res, runErr, recs := f.run(nil)
+	res, recs, runErr := f.run(nil)
 	if runErr != nil {
 		t.Fatal(runErr)
 	}
@@ -222,7 +222,7 @@ func TestPlanPredictsExactlyWhatTheRunChanges(t *testing.T) {
 	if c := changeSet(plan2.Items); len(c) != 0 {
 		t.Fatalf("second plan predicts changes: %v", c)
 	}
-	res2, runErr, _ := f.run(nil)
+	res2, _, runErr := f.run(nil)
 	if runErr != nil {
 		t.Fatal(runErr)
 	}
@@ -327,7 +327,7 @@ steps:
     on: [h2]
     retry: {attempts: 3, initial: 1ms, max: 5ms}
 `, registryWith("test.flaky", k))
-	res, err, recs := f.run(nil)
+	res, recs, err := f.run(nil)
 	if res.Items[0].Status != engine.StatusChanged {
 		t.Fatalf("h1 after two retryable errors: %s %s", res.Items[0].Status, res.Items[0].Error)
 	}
@@ -380,7 +380,7 @@ steps:
     kind: test.slow
     on: [h2]
 `, registryWith("test.slow", k))
-	res, err, _ := f.run(nil)
+	res, _, err := f.run(nil)
 	if peak.Load() != 1 {
 		t.Fatalf("peak parallelism %d with parallel: 1", peak.Load())
 	}
@@ -419,7 +419,7 @@ steps:
     kind: test.k
     on: fleet
 `, registryWith("test.k", k))
-	res, err, _ := f.run(nil)
+	res, _, err := f.run(nil)
 	var se *engine.StepError
 	if !errors.As(err, &se) || len(se.Hosts) != 1 || se.Hosts[0] != "h2" {
 		t.Fatalf("want the run to fail naming h2, got %v", err)
@@ -457,7 +457,7 @@ steps:
   - id: later
     kind: test.k
 `, registryWith("test.k", k))
-	res, err, recs := f.run(func(o *engine.Options) { o.Interrupt = interrupt })
+	res, recs, err := f.run(func(o *engine.Options) { o.Interrupt = interrupt })
 	if !errors.Is(err, engine.ErrInterrupted) {
 		t.Fatalf("want ErrInterrupted, got %v", err)
 	}

@@ -37,12 +37,12 @@ func TestSeed(t *testing.T) {
 	master, _ := litellm.NewMasterKey()
 	salt := secret.New("salt-k3y-do-not-rotate-0123456789")
 	cfg := lab.SeedConfig{MasterKey: master, SaltKey: salt}
-	res, err := lab.Seed(ctx, pg.URL("litellm"), cfg)
+	seed1, err := lab.Seed(ctx, pg.URL("litellm"), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Reseeding replaces everything.
-	res, err = lab.Seed(ctx, pg.URL("litellm"), cfg)
+	res, err := lab.Seed(ctx, pg.URL("litellm"), cfg)
 	if err != nil {
 		t.Fatalf("reseed: %v", err)
 	}
@@ -52,6 +52,12 @@ func TestSeed(t *testing.T) {
 	}
 	defer conn.Close(ctx)
 
+	for _, k := range seed1.Keys {
+		var n int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM "LiteLLM_VerificationToken" WHERE token = $1`, k.Hash).Scan(&n); err != nil || n != 0 {
+			t.Fatalf("a key of the first seed is still there after reseeding: %d rows, %v", n, err)
+		}
+	}
 	if len(res.Keys) != 50 {
 		t.Fatalf("%d keys, want 50", len(res.Keys))
 	}
