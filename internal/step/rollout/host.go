@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -207,8 +208,12 @@ func (r *Rollout) readEnvFile(ctx context.Context, env *step.Env, t *target) (*l
 // directory is fsynced. With "keep", the replaced text is first kept beside
 // it as FILE.prev, written the same way. Paths arrive as arguments, never
 // pasted into the script; the content arrives on standard input, never in
-// an argument. It needs coreutils (mktemp, stat, chown, chmod, sync with
-// file arguments, mv): sync FILE fsyncs that file since coreutils 8.24.
+// an argument. The text's length arrives as an argument too: standard
+// input ends early, without an error, when the runner's connection is lost
+// (sshd closes the session once the dead connection is reset, maybe long
+// after the runner gave up), and a cut text must replace nothing. It needs
+// coreutils (mktemp, stat, chown, chmod, sync with file arguments, mv, wc):
+// sync FILE fsyncs that file since coreutils 8.24.
 const writeScript = `set -eu
 f=$1
 d=$(dirname -- "$f")
@@ -220,6 +225,8 @@ new=$(mktemp -- "$d/.$b.XXXXXXXX")
 prev=
 trap 'rm -f -- ${new:+"$new"} ${prev:+"$prev"}' EXIT
 cat >"$new"
+n=$(($(wc -c <"$new")))
+if [ "$n" -ne "$3" ]; then echo "received $n of $3 bytes (the connection was lost?); $f is unchanged" >&2; exit 4; fi
 chown -- "$own" "$new"
 chmod 0600 -- "$new"
 sync -- "$new"
@@ -243,7 +250,8 @@ func (r *Rollout) write(ctx context.Context, env *step.Env, t *target, content s
 	if keep {
 		mode = "keep"
 	}
-	cmd := transport.Command{Args: []string{"sh", "-c", writeScript, "rollout-write", t.envFile, mode}, Stdin: &content, Sudo: true}
+	size := strconv.Itoa(len(content.Reveal()))
+	cmd := transport.Command{Args: []string{"sh", "-c", writeScript, "rollout-write", t.envFile, mode, size}, Stdin: &content, Sudo: true}
 	res, err := t.tr.Run(ctx, cmd)
 	if err != nil {
 		return fmt.Errorf("write %s on %s: %w", t.envFile, t.name, err)
