@@ -623,7 +623,30 @@ func faultLinkDown(t *testing.T, r *faultRun) {
 	r.checkNothingLost(t, id)
 
 	linkUp()
+	// A command the runner gave up on may still run on gw3, its session
+	// held by sshd until the dead connection is reset, which the link
+	// coming back brings about: the environment file's write, reading the
+	// new text from standard input. Once it is over, gw3 must hold a whole
+	// environment file with a key Vault holds, not a cut one.
+	poll(t, "the commands of the dead connection gone from gw3", func() bool { return len(netnsCmdlines(g, "rollout-write")) == 0 })
+	r.checkNothingLost(t, id)
 	r.resume(t, id)
+}
+
+// netnsCmdlines lists the command lines of g's processes that contain s.
+func netnsCmdlines(g *lab.Gateway, s string) []string {
+	out, err := exec.Command("ip", "netns", "pids", g.Namespace).Output()
+	if err != nil {
+		return nil
+	}
+	var found []string
+	for _, pid := range strings.Fields(string(out)) {
+		b, err := os.ReadFile("/proc/" + pid + "/cmdline")
+		if err == nil && strings.Contains(string(b), s) {
+			found = append(found, strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+	return found
 }
 
 // --- 3. Vault stopped mid-run -------------------------------------------
