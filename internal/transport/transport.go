@@ -86,9 +86,17 @@ func Check(ctx context.Context, t Transport, cmd Command) (Result, error) {
 type ConnError struct {
 	Host string
 	Err  error
+	// Lost says the connection was up and went away while a command ran
+	// (not that it could not be made).
+	Lost bool
 }
 
-func (e *ConnError) Error() string { return fmt.Sprintf("connect to %s: %v", e.Host, e.Err) }
+func (e *ConnError) Error() string {
+	if e.Lost {
+		return fmt.Sprintf("%s: %v", e.Host, e.Err)
+	}
+	return fmt.Sprintf("connect to %s: %v", e.Host, e.Err)
+}
 func (e *ConnError) Unwrap() error { return e.Err }
 
 // IsRetryable reports whether err may go away on a retry.

@@ -244,7 +244,7 @@ func (t *Transport) runScript(ctx context.Context, script, name string) (transpo
 			return transport.Result{}, fmt.Errorf("run %s on %s: %w (the shell was sent a kill signal)", name, t.tg.name, ctx.Err())
 		default:
 			t.dropIfDead(sh.gen)
-			return res, &transport.ConnError{Host: t.tg.name, Err: fmt.Errorf("run %s: %w (%v)", name, ErrOutcomeUnknown, err)}
+			return res, &transport.ConnError{Host: t.tg.name, Err: fmt.Errorf("run %s: %w (%v)", name, ErrOutcomeUnknown, err), Lost: true}
 		}
 	}
 }

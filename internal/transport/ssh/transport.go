@@ -334,7 +334,7 @@ func (t *Transport) run(ctx context.Context, line string, stdin *secret.Value, n
 			return transport.Result{}, fmt.Errorf("run %s on %s: the server refused to start the command", name, t.tg.name)
 		}
 		t.drop(gen)
-		return transport.Result{}, &transport.ConnError{Host: t.tg.name, Err: fmt.Errorf("run %s: %w: %v", name, ErrOutcomeUnknown, err)}
+		return transport.Result{}, &transport.ConnError{Host: t.tg.name, Err: fmt.Errorf("run %s: %w: %v", name, ErrOutcomeUnknown, err), Lost: true}
 	}
 	go func() {
 		if stdin != nil {
@@ -366,7 +366,7 @@ func (t *Transport) run(ctx context.Context, line string, stdin *secret.Value, n
 	var missing *ssh.ExitMissingError
 	if errors.As(err, &missing) || errors.Is(err, io.EOF) || isConnErr(err) {
 		t.drop(gen)
-		return res, &transport.ConnError{Host: t.tg.name, Err: fmt.Errorf("run %s: %w", name, ErrOutcomeUnknown)}
+		return res, &transport.ConnError{Host: t.tg.name, Err: fmt.Errorf("run %s: %w", name, ErrOutcomeUnknown), Lost: true}
 	}
 	return res, fmt.Errorf("run %s on %s: %w", name, t.tg.name, err)
 }
