@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	stepvault "github.com/runbook-dev/runbook/internal/step/vault"
 	"regexp"
 	"sort"
 	"strconv"
@@ -72,18 +73,15 @@ var (
 	_ step.Step = (*Reissue)(nil)
 )
 
+// validVaultPrefix takes the KV paths vault.master_key's path takes
+// (leading and trailing slashes aside).
 func validVaultPrefix(v any) error {
 	s, _ := v.(string)
 	t := strings.Trim(s, "/")
 	if t == "" {
 		return errors.New("empty vault path")
 	}
-	for _, seg := range strings.Split(t, "/") {
-		if seg == "" || seg == "." || seg == ".." {
-			return fmt.Errorf("%q is not a clean vault path", s)
-		}
-	}
-	return nil
+	return stepvault.ValidatePath(t)
 }
 
 func newReissue(p step.Params) (step.Step, error) {
