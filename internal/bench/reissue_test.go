@@ -95,7 +95,7 @@ func reissue(t *testing.T, h *harness, cfg settings, res *Results) {
 				t.Logf("re-issue %d keys, iteration %d: %v (step %.3f s), runner CPU %v, Vault CPU %v, max RSS %.1f MiB",
 					n, i, p.took.Round(time.Millisecond), steps["reissue"], p.cpu.Round(time.Millisecond), vcpu.Round(10*time.Millisecond), p.rssMiB())
 				if prof != nil {
-					res.Profiles = append(res.Profiles, prof.finish(t, fmt.Sprintf("re-issue of %d keys (reissue-all), the last timed run", n))...)
+					res.Profiles = append(res.Profiles, prof.finish(t, fmt.Sprintf("re-issue of %s keys (reissue-all), the last timed run", count(n)))...)
 				}
 				if i < r.Warmup {
 					continue
