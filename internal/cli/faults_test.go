@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,7 +22,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"golang.org/x/sys/unix"
 
 	"github.com/runbook-dev/runbook/internal/journal"
 	"github.com/runbook-dev/runbook/internal/lab"
@@ -509,66 +507,13 @@ func pidAlive(pid int) bool {
 	return i >= 0 && i+2 < len(b) && !bytes.ContainsAny(b[i+2:i+3], "ZXx")
 }
 
-// rebootHost starts a gateway host again as the lab does (internal/lab,
-// bootHost): its boot script as PID 1 of a new PID namespace, in new mount
-// and UTS namespaces, inside the host's network namespace; the script
-// mounts the host's files and execs sshd. It waits until sshd listens.
+// rebootHost starts a gateway host again as the lab boots it and waits
+// until its sshd listens.
 func rebootHost(t *testing.T, lb *lab.Lab, g *lab.Gateway) {
 	t.Helper()
-	base := filepath.Dir(g.Dir)
-	nsf, err := os.Open(filepath.Join("/run/netns", g.Namespace))
-	if err != nil {
+	if err := lb.RebootHost(context.Background(), g); err != nil {
 		t.Fatal(err)
 	}
-	defer nsf.Close()
-	logf, err := os.OpenFile(filepath.Join(base, "sshd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command("/bin/sh", filepath.Join(base, "boot.sh"))
-	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Setsid:       true,
-		Cloneflags:   syscall.CLONE_NEWPID,
-		Unshareflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS,
-	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		self, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer self.Close()
-		if err := unix.Setns(int(nsf.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		err = cmd.Start()
-		// A thread that cannot go back dies with this goroutine.
-		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
-		t.Fatalf("boot %s: %v", g.Name, err)
-	}
-	go func() { _ = cmd.Wait() }()
-	g.SSHDPID, g.BootPID = cmd.Process.Pid, cmd.Process.Pid
-	poll(t, "sshd of "+g.Name+" listening", func() bool {
-		c, err := net.DialTimeout("tcp", g.SSHAddr(), time.Second)
-		if err != nil {
-			return false
-		}
-		c.Close()
-		return true
-	})
 }
 
 // --- 2. network cut during the rollout ----------------------------------

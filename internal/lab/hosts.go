@@ -447,6 +447,12 @@ func (l *Lab) bootHost(ctx context.Context, g *Gateway, started func(boot, sshd 
 	}
 }
 
+// RebootHost boots g again, as Up boots it, after its sshd (the host's
+// init) was stopped, and waits until sshd listens again.
+func (l *Lab) RebootHost(ctx context.Context, g *Gateway) error {
+	return l.bootHost(ctx, g, func(boot, sshd int) { g.BootPID, g.SSHDPID = boot, sshd })
+}
+
 // startInNetns starts name as a daemon (see daemon) in the network
 // namespace netns, as PID 1 of a new PID namespace, in new mount (private)
 // and UTS namespaces. It enters the network namespace on a locked thread
