@@ -124,6 +124,20 @@ func newMatrixRun(t *testing.T, rb matrixRunbook) *labRun {
 	return r
 }
 
+// checkUntouched fails t unless every gateway's firewall rules and the
+// virtual key table are as they were before the run.
+func (r *labRun) checkUntouched(t *testing.T) {
+	t.Helper()
+	for _, g := range r.lb.Gateways {
+		if got := firewallRules(t, g); got != r.rulesBefore[g.Name] {
+			t.Errorf("%s: firewall changed by a run that journaled nothing:\n%s", g.Name, got)
+		}
+	}
+	if got := tableDigest(t, r.lb, litellm.TableVerificationToken); got != r.keysBefore {
+		t.Errorf("virtual keys changed by a run that journaled nothing")
+	}
+}
+
 func (r *labRun) exec(extra ...string) (string, string, int) {
 	return r.w.run(append(append([]string{}, r.env...), extra...), "exec", r.rb.name, "--yes", "--reason", reliabilityReason)
 }
@@ -426,6 +440,23 @@ func crashAndResume(t *testing.T, rb matrixRunbook, p crashPoint) {
 		}
 	}
 	runs := r.w.runs()
+	if len(runs) == 0 && killed {
+		// Killed before the run's first record: nothing may have changed,
+		// since every side effect is journaled first, and there is nothing
+		// to resume. The responder runs the runbook again.
+		t.Log("killed before the first record: nothing changed, nothing to resume; running it again")
+		r.checkUntouched(t)
+		out, errOut, code := r.exec()
+		outputs["second exec stdout"], outputs["second exec stderr"] = []byte(out), []byte(errOut)
+		if code != 0 {
+			t.Fatalf("exec after a kill before the first record: exit %d\n%s%s", code, out, errOut)
+		}
+		if runs = r.w.runs(); len(runs) != 1 {
+			t.Fatalf("%d runs after the second exec, want 1", len(runs))
+		}
+		r.checkInvariants(t, runs[0].RunID, outputs)
+		return
+	}
 	if len(runs) != 1 {
 		t.Fatalf("%d runs after the crash, want 1", len(runs))
 	}
@@ -473,7 +504,7 @@ func TestReliabilityCrashMatrix(t *testing.T) {
 	for _, rb := range matrixRunbooks {
 		f := figures[rb.name]
 		t.Logf("%s: a clean run journals %d records and makes %d applies (%v); crash points tried: %d, passed: %d "+
-			"(mode %s; record points %d, apply points %d, random %d) in %v",
+			"(mode %s; record points %d, apply points %d, random %d, 1 before the first record) in %v",
 			rb.name, f.records, f.applies, f.clean.Round(time.Millisecond), f.tried, f.passed, mode,
 			f.recordPts, f.applyPts, f.rand, f.took.Round(time.Second))
 		if len(f.failed) > 0 {
@@ -524,6 +555,9 @@ func runMatrix(t *testing.T, mode string, rb matrixRunbook, f *matrixFigures) {
 	for _, k := range applyPoints {
 		points = append(points, crashPoint{name: fmt.Sprintf("apply-%d", k), env: fmt.Sprintf("RUNBOOK_TEST_CRASH_AFTER_APPLY=%d", k)})
 	}
+	// A kill before the first record leaves nothing to resume; the
+	// random points can land there too, this one always does.
+	points = append(points, crashPoint{name: "early", delay: 5 * time.Millisecond})
 	for i := 0; i < randomPoints; i++ {
 		d := time.Duration(rand.Int64N(int64(f.clean)))
 		points = append(points, crashPoint{name: fmt.Sprintf("random-%d", i+1), delay: d})
