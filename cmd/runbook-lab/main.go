@@ -7,7 +7,13 @@
 //	runbook-lab env [--dir .lab]
 //	runbook-lab status [--dir .lab]
 //	runbook-lab down [--dir .lab]
+//	runbook-lab drain GATEWAY [--dir DIR] [--timeout 30s]
+//	runbook-lab undrain GATEWAY [--dir DIR] [--timeout 30s]
 //	runbook-lab build-vault
+//
+// drain and undrain take the lab from $RUNBOOK_LAB_DIR (which the lab's env
+// file exports) when --dir is not given; the other commands read --dir
+// alone, default .lab.
 package main
 
 import (
@@ -47,7 +53,8 @@ func newRootCommand(out io.Writer) *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetOut(out)
-	root.AddCommand(newUpCommand(out), newDownCommand(out), newEnvCommand(out), newStatusCommand(out), newBuildVaultCommand(out))
+	root.AddCommand(newUpCommand(out), newDownCommand(out), newEnvCommand(out), newStatusCommand(out), newBuildVaultCommand(out),
+		newDrainCommand(out), newUndrainCommand(out))
 	return root
 }
 

@@ -59,7 +59,9 @@ func (l *Lab) writeInventory() error {
 }
 
 // EnvLines are the lines to source for the runner: the Vault address and
-// the runner's (least-privilege) token, and the database URL.
+// the runner's (least-privilege) token, the database URL, the inventory
+// and the lab's directory (which runbook-lab drain and undrain read, so
+// that a runbook's drain commands need not name it).
 func (l *Lab) EnvLines() []string {
 	var lines []string
 	if l.Vault != nil {
@@ -70,7 +72,8 @@ func (l *Lab) EnvLines() []string {
 	if l.DatabaseURL != "" {
 		lines = append(lines, "export DATABASE_URL="+shq(l.DatabaseURL))
 	}
-	lines = append(lines, "export RUNBOOK_LAB_INVENTORY="+shq(l.InventoryPath))
+	lines = append(lines, "export RUNBOOK_LAB_INVENTORY="+shq(l.InventoryPath),
+		"export RUNBOOK_LAB_DIR="+shq(l.Dir))
 	return lines
 }
 
