@@ -1,0 +1,303 @@
+package lab_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/runbook-dev/runbook/internal/lab"
+	"github.com/runbook-dev/runbook/internal/secret"
+)
+
+// TestDrainTakesAGatewayOutOfNginx drains gw1 under load through nginx,
+// restarts it while POST requests keep coming, and undrains it: no request
+// fails and, while drained, none reaches gw1.
+func TestDrainTakesAGatewayOutOfNginx(t *testing.T) {
+	l := sharedLab(t)
+	ctx := context.Background()
+	g := l.Gateway("gw1")
+	t.Cleanup(func() {
+		if out, err := l.Systemctl(ctx, g, "start", "litellm"); err != nil {
+			t.Errorf("start gw1: %v: %s", err, out)
+		}
+		if err := l.Undrain(ctx, "gw1"); err != nil {
+			t.Errorf("undrain gw1: %v", err)
+		}
+	})
+	if !slices.Contains(l.EnvLines(), "export RUNBOOK_LAB_DIR='"+l.Dir+"'") {
+		t.Errorf("env lines do not export RUNBOOK_LAB_DIR: %d lines", len(l.EnvLines()))
+	}
+	for _, name := range []string{"gw9", "198.18.255.255", ""} {
+		err := l.Drain(ctx, name)
+		if err == nil || !strings.Contains(err.Error(), "drain "+name+": no such gateway") {
+			t.Errorf("drain %q: %v, want no such gateway", name, err)
+		}
+	}
+
+	key := chatKey(t, l)
+	accessLog := filepath.Join(l.Nginx.Dir, "access.log")
+	load := startNginxLoad(l.Nginx.Addr, key, 4)
+	defer load.finish()
+
+	off := fileSize(t, accessLog)
+	time.Sleep(300 * time.Millisecond)
+	if n := upstreamCounts(t, accessLog, off)[g.Address]; n == 0 {
+		t.Fatalf("before the drain gw1 served no request")
+	}
+
+	start := time.Now()
+	if err := l.Drain(ctx, "gw1"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("drain gw1: %s", time.Since(start).Round(time.Millisecond))
+	// No worker from before the reload is left, so no pooled upstream
+	// connection to gw1 either: gw1 sees none open.
+	if n := establishedOn4000(t, g); n != 0 {
+		t.Errorf("after the drain gw1 has %d established connections on port 4000", n)
+	}
+	start = time.Now()
+	if err := l.Drain(ctx, g.Address); err != nil {
+		t.Fatalf("drain gw1 again, by address: %v", err)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("draining a drained gateway took %s: it should do nothing", d)
+	}
+	conf, err := os.ReadFile(filepath.Join(l.Nginx.Dir, "nginx.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(conf), "server "+g.Address+":4000 down ") {
+		t.Errorf("nginx.conf does not mark gw1 down")
+	}
+	// The mark is in the lab's state: Up of the same lab keeps it.
+	cfg := l.Config
+	reused, err := lab.Up(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reused.Nginx.PID != l.Nginx.PID || !slices.Equal(reused.Nginx.Drained, []string{"gw1"}) {
+		t.Errorf("lab up again: nginx pid %d (was %d), drained %v", reused.Nginx.PID, l.Nginx.PID, reused.Nginx.Drained)
+	}
+
+	off = fileSize(t, accessLog)
+	time.Sleep(time.Second)
+	counts := upstreamCounts(t, accessLog, off)
+	t.Logf("requests per gateway in the second after the drain: %v", counts)
+	if counts[g.Address] != 0 {
+		t.Errorf("gw1 got %d requests while drained", counts[g.Address])
+	}
+	for _, o := range l.Gateways[1:] {
+		if counts[o.Address] == 0 {
+			t.Errorf("%s served no request while gw1 was drained", o.Name)
+		}
+	}
+
+	// POST requests, which nginx does not retry on another gateway, while
+	// gw1 stops and starts again.
+	load.post.Store(true)
+	time.Sleep(200 * time.Millisecond)
+	if out, err := l.Systemctl(ctx, g, "stop", "litellm"); err != nil {
+		t.Fatalf("stop gw1: %v: %s", err, out)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if out, err := l.Systemctl(ctx, g, "start", "litellm"); err != nil {
+		t.Fatalf("start gw1: %v: %s", err, out)
+	}
+
+	start = time.Now()
+	if err := l.Undrain(ctx, "gw1"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("undrain gw1: %s", time.Since(start).Round(time.Millisecond))
+	if err := l.Undrain(ctx, "gw1"); err != nil {
+		t.Fatalf("undrain gw1 again: %v", err)
+	}
+	off = fileSize(t, accessLog)
+	time.Sleep(time.Second)
+	counts = upstreamCounts(t, accessLog, off)
+	t.Logf("requests per gateway in the second after the undrain: %v", counts)
+	if counts[g.Address] == 0 {
+		t.Errorf("gw1 got no request after the undrain")
+	}
+	load.finish()
+	t.Logf("load: %d requests (%d POST), %d failed", load.total.Load(), load.posts.Load(), load.failed.Load())
+	if load.failed.Load() != 0 {
+		t.Errorf("%d requests failed: %s", load.failed.Load(), strings.Join(load.failures, "; "))
+	}
+	if load.posts.Load() == 0 {
+		t.Errorf("no POST request was sent")
+	}
+}
+
+// chatKey is a seeded virtual key with which a chat completion through
+// nginx succeeds.
+func chatKey(t *testing.T, l *lab.Lab) secret.Value {
+	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second}
+	now := time.Now()
+	for _, k := range l.Seed.Keys {
+		if !k.Valid(now.Add(time.Hour)) {
+			continue
+		}
+		req, err := newChatRequest(l.Nginx.Addr, k.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("chat completion: %v", err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			return k.Key
+		}
+	}
+	t.Fatal("no seeded key is allowed a chat completion")
+	return secret.Value{}
+}
+
+func newChatRequest(addr string, key secret.Value) (*http.Request, error) {
+	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"ping"}]}`
+	req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/v1/chat/completions", strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+key.Reveal())
+	return req, nil
+}
+
+// nginxLoad sends requests through nginx (loopback only) until finished:
+// liveliness checks, and with post set every other request a chat
+// completion. Each request opens its own connection to nginx, so a failure
+// is nginx's or a gateway's.
+type nginxLoad struct {
+	post                 atomic.Bool
+	total, posts, failed atomic.Int64
+	mu                   sync.Mutex
+	failures             []string
+	stop                 chan struct{}
+	once                 sync.Once
+	done                 sync.WaitGroup
+}
+
+func startNginxLoad(addr string, key secret.Value, clients int) *nginxLoad {
+	g := &nginxLoad{stop: make(chan struct{})}
+	client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	for w := 0; w < clients; w++ {
+		g.done.Add(1)
+		go func() {
+			defer g.done.Done()
+			for i := w; ; i++ {
+				select {
+				case <-g.stop:
+					return
+				default:
+				}
+				var req *http.Request
+				if g.post.Load() && i%2 == 0 {
+					req, _ = newChatRequest(addr, key)
+					g.posts.Add(1)
+				} else {
+					req, _ = http.NewRequest(http.MethodGet, "http://"+addr+"/health/liveliness", nil)
+				}
+				g.total.Add(1)
+				resp, err := client.Do(req)
+				if err != nil {
+					g.fail(fmt.Sprintf("%s %s: %v", req.Method, req.URL.Path, err))
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					g.fail(fmt.Sprintf("%s %s: status %d", req.Method, req.URL.Path, resp.StatusCode))
+				}
+			}
+		}()
+	}
+	return g
+}
+
+func (g *nginxLoad) fail(s string) {
+	g.failed.Add(1)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.failures) < 10 {
+		g.failures = append(g.failures, s)
+	}
+}
+
+func (g *nginxLoad) finish() {
+	g.once.Do(func() { close(g.stop) })
+	g.done.Wait()
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// upstreamCounts counts the requests per gateway address (every gateway
+// tried) in nginx's access log from byte off on.
+func upstreamCounts(t *testing.T, path string, off int64) map[string]int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		_, rest, ok := strings.Cut(sc.Text(), " upstream=")
+		if !ok {
+			t.Fatalf("access log line without upstream=: %q", sc.Text())
+		}
+		// "ADDR:4000, ADDR:4000" when nginx tried more than one.
+		addrs, _, _ := strings.Cut(rest, " upstream_status=")
+		for _, a := range strings.Split(addrs, ",") {
+			host, _, _ := strings.Cut(strings.TrimSpace(a), ":")
+			counts[host]++
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return counts
+}
+
+// establishedOn4000 counts the established TCP connections to port 4000
+// in g's network namespace.
+func establishedOn4000(t *testing.T, g *lab.Gateway) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", g.SSHDPID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 3 && strings.HasSuffix(f[1], ":0FA0") && f[3] == "01" {
+			n++
+		}
+	}
+	return n
+}
