@@ -86,6 +86,11 @@ func runDrain(ctx context.Context, out io.Writer, dir, gateway string, o *drainO
 	if err != nil {
 		return err
 	}
+	for _, g := range l.Gateways {
+		if g.Address == gateway {
+			gateway = g.Name + " (" + g.Address + ")"
+		}
+	}
 	fmt.Fprintf(out, "# %s %s nginx (%s)\n", gateway, what, time.Since(start).Round(time.Millisecond))
 	return nil
 }

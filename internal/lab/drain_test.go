@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -55,6 +56,13 @@ func TestDrainTakesAGatewayOutOfNginx(t *testing.T) {
 		t.Fatalf("before the drain gw1 served no request")
 	}
 
+	// nginx keeps idle connections to gw1 open (keepalive 32): those are
+	// what a restart of gw1 can close under a request.
+	pooled := establishedOn4000(t, g)
+	t.Logf("established connections to gw1 before the drain: %d", pooled)
+	if pooled == 0 {
+		t.Errorf("under load gw1 has no established connection on port 4000")
+	}
 	start := time.Now()
 	if err := l.Drain(ctx, "gw1"); err != nil {
 		t.Fatal(err)
@@ -136,6 +144,43 @@ func TestDrainTakesAGatewayOutOfNginx(t *testing.T) {
 	}
 	if load.posts.Load() == 0 {
 		t.Errorf("no POST request was sent")
+	}
+}
+
+// TestDrainWaitsForOldWorkers holds a request in an nginx worker (its
+// body unfinished): Drain waits for that worker, and gives up after
+// DrainTimeout with an error that names the gateway. Undrain afterwards
+// puts the gateway back although the state never said it was drained.
+func TestDrainWaitsForOldWorkers(t *testing.T) {
+	l := sharedLab(t)
+	ctx := context.Background()
+	c, err := net.Dial("tcp", l.Nginx.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: lab\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	defer func(d time.Duration) { lab.DrainTimeout = d }(lab.DrainTimeout)
+	lab.DrainTimeout = 300 * time.Millisecond
+	err = l.Drain(ctx, "gw2")
+	t.Logf("drain with a request held: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "drain gw2: ") || !strings.Contains(err.Error(), "from before the reload still run") {
+		t.Fatalf("drain with a request held: %v, want the old worker still running", err)
+	}
+	c.Close()
+	lab.DrainTimeout = 10 * time.Second
+	if err := l.Undrain(ctx, "gw2"); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := os.ReadFile(filepath.Join(l.Nginx.Dir, "nginx.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(conf), " down ") || len(l.Nginx.Drained) != 0 {
+		t.Errorf("after undrain: drained %v, nginx.conf marks a server down: %v", l.Nginx.Drained, strings.Contains(string(conf), " down "))
 	}
 }
 
@@ -285,18 +330,21 @@ func upstreamCounts(t *testing.T, path string, off int64) map[string]int {
 }
 
 // establishedOn4000 counts the established TCP connections to port 4000
-// in g's network namespace.
+// in g's network namespace (the gateway's socket is dual-stack, so they
+// show in tcp6).
 func establishedOn4000(t *testing.T, g *lab.Gateway) int {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", g.SSHDPID))
-	if err != nil {
-		t.Fatal(err)
-	}
 	n := 0
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 3 && strings.HasSuffix(f[1], ":0FA0") && f[3] == "01" {
-			n++
+	for _, file := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", g.SSHDPID, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) > 3 && strings.HasSuffix(f[1], ":0FA0") && f[3] == "01" {
+				n++
+			}
 		}
 	}
 	return n
