@@ -188,7 +188,11 @@ func runStatus(ctx context.Context, out io.Writer, o *dirOptions) error {
 			g.Name, g.Address, g.Namespace, g.User, word(g.SSHD), g.LiteLLM)
 	}
 	if l.Nginx != nil {
-		fmt.Fprintf(out, "  nginx     %s %s\n", l.Nginx.Addr, word(st.Nginx))
+		drained := ""
+		if len(l.Nginx.Drained) > 0 {
+			drained = " (drained: " + strings.Join(l.Nginx.Drained, ", ") + ")"
+		}
+		fmt.Fprintf(out, "  nginx     %s %s%s\n", l.Nginx.Addr, word(st.Nginx), drained)
 	}
 	if l.Postgres != nil {
 		fmt.Fprintf(out, "  postgres  127.0.0.1:%d %s\n", l.Postgres.Port, word(st.Postgres))
