@@ -127,6 +127,7 @@ type harness struct {
 	runbook  string
 	sshfloor string
 	measure  string
+	lab      string // runbook-lab
 	ansible  string
 	ssh      string
 }
@@ -189,7 +190,7 @@ func newHarness(t *testing.T) *harness {
 	}
 	bin := t.TempDir()
 	// go build -o DIR names each binary after its package directory.
-	for _, p := range []string{"cmd/runbook", "internal/bench/cmd/sshfloor", "internal/bench/cmd/measure"} {
+	for _, p := range []string{"cmd/runbook", "cmd/runbook-lab", "internal/bench/cmd/sshfloor", "internal/bench/cmd/measure"} {
 		c := exec.Command("go", "build", "-o", bin+string(filepath.Separator), "./"+p)
 		c.Dir = h.root
 		if out, err := c.CombinedOutput(); err != nil {
@@ -197,6 +198,7 @@ func newHarness(t *testing.T) *harness {
 		}
 	}
 	h.runbook, h.sshfloor, h.measure = filepath.Join(bin, "runbook"), filepath.Join(bin, "sshfloor"), filepath.Join(bin, "measure")
+	h.lab = filepath.Join(bin, "runbook-lab")
 	return h
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -48,10 +49,11 @@ func rotation(t *testing.T, h *harness, cfg settings, res *Results) {
 	if probe.total.Load() == 0 || probe.failed.Load() > 0 {
 		t.Fatalf("load through nginx before the rotation: %d of %d failed: %v", probe.failed.Load(), probe.total.Load(), probe.failures)
 	}
+	runbooks := drainingRunbooks(t, h, l)
 	for i := 0; i < cfg.warmup+cfg.iters; i++ {
 		dir := filepath.Join(t.TempDir(), strconv.Itoa(i))
 		g := startLoad(l.Nginx.Addr, key, cfg.clients)
-		p, err := runProc(h.runbookCmd(ctx, l, dir, "exec", "rotate-master", "--yes", "--reason", "benchmark"))
+		p, err := runProc(h.runbookCmd(ctx, l, dir, "exec", "rotate-master", "--yes", "--reason", "benchmark", "--runbooks", runbooks))
 		g.finish()
 		if err != nil {
 			t.Fatalf("rotate-master on %d gateways: %v", n, err)
@@ -79,6 +81,60 @@ func rotation(t *testing.T, h *harness, cfg settings, res *Results) {
 		}
 	}
 	res.Rotation = r
+}
+
+// drainingRunbooks writes rotate-master as shipped plus, in each of its
+// rollout steps, the drain and undrain commands of the lab's nginx
+// (`runbook-lab drain|undrain GATEWAY`), as the runbook's description
+// advises for a load balancer that does not retry a POST on another
+// upstream. Both wait until nginx has taken the change, so the steps'
+// settle time, meant for a balancer's passive checks, is 0. It returns the
+// directory to pass as --runbooks.
+func drainingRunbooks(t *testing.T, h *harness, l *lab.Lab) string {
+	t.Helper()
+	src, err := os.ReadFile(filepath.Join(h.root, "runbooks", "rotate-master.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(h.lab+l.Dir, `"`) {
+		t.Fatalf("a quote in %s or %s", h.lab, l.Dir)
+	}
+	cmd := func(verb string) string {
+		return fmt.Sprintf("      %s: [\"%s\", %s, --dir, \"%s\", \"{host}\"]\n", verb, h.lab, verb, l.Dir)
+	}
+	var b strings.Builder
+	rollout, settles := false, 0
+	for _, line := range strings.SplitAfter(string(src), "\n") {
+		switch {
+		case strings.HasPrefix(line, "  - id: "):
+			rollout = false
+		case line == "    kind: litellm.rollout\n":
+			rollout = true
+		case rollout && strings.HasPrefix(line, "      settle: "):
+			// The drain returns once no nginx worker can reach the
+			// gateway, and the undrain once every worker can: there is
+			// no balancer state to wait for.
+			line = "      settle: 0s\n"
+			settles++
+		}
+		b.WriteString(line)
+		if line == "    with:\n" && rollout {
+			b.WriteString(cmd("drain"))
+			b.WriteString(cmd("undrain"))
+		}
+	}
+	if settles != 2 {
+		t.Fatalf("rotate-master.yaml: %d settle lines in its rollout steps, want 2", settles)
+	}
+	out := b.String()
+	if got := strings.Count(out, "drain: ["); got != 4 {
+		t.Fatalf("put %d drain and undrain commands into rotate-master's two rollout steps, want 4:\n%s", got, out)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "rotate-master.yaml"), []byte(out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // loadKey is a seeded virtual key every gateway accepts for the load's
