@@ -56,10 +56,12 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.config, "config", "", "LiteLLM proxy config file (YAML)")
 	fs.StringVar(&o.host, "host", "0.0.0.0", "address to listen on")
 	fs.IntVar(&o.port, "port", 4000, "port to listen on")
-	// Keep serving a moment after SIGTERM: without it, a rolling restart
-	// behind the lab's nginx failed a median of 87 of about 4,600 requests
-	// per rotation (internal/bench, rotation), against 0 with it.
-	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 500*time.Millisecond,
+	// By default, as uvicorn under LiteLLM, close the listener at once on
+	// SIGTERM and finish the requests in flight. A rolling restart behind
+	// a balancer that does not retry a POST needs a drain first (the lab's
+	// `runbook-lab drain`); a delay is for balancers that watch a health
+	// check instead.
+	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 0,
 		"on SIGTERM, keep serving (liveliness answers 503) this long before closing the listener")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, wait this long for in-flight requests")
 	if err := fs.Parse(args); err != nil {
