@@ -175,7 +175,7 @@ func (r *Results) containmentSection(b *strings.Builder) {
 	b.WriteString("each run the harness checks every gateway: a DROP rule for TCP port 4000 at the top of INPUT in both iptables\n")
 	b.WriteString("and ip6tables, and the proxy inactive.\n\n")
 	b.WriteString("- runbook: `runbook exec contain --yes` (runbooks/contain.yaml; it also journals the run and writes an incident record)\n")
-	b.WriteString("- ansible-playbook: playbooks/bench/contain.yml (`command: systemctl stop litellm`, `ansible.builtin.iptables` for ipv4 and ipv6, gather_facts off); tuned with playbooks/bench/ansible.cfg (pipelining on) and `--forks N`; stock: an empty ansible.cfg (forks 5, no pipelining)\n")
+	b.WriteString("- ansible-playbook: playbooks/bench/contain.yml (`command: systemctl stop litellm`, `ansible.builtin.iptables` for ipv4 and ipv6, gather_facts off); tuned with playbooks/bench/ansible.cfg (pipelining on) and `--forks N`; stock: an empty ansible.cfg (forks 5, no pipelining). The stock way has no warm-up run of its own: it runs the same playbook on the same gateways right after the tuned way's warm-up\n")
 	fmt.Fprintf(b, "- OpenSSH client: one `ssh` per gateway at once, running `%s`\n", remoteCommand)
 	b.WriteString("- floor: internal/bench/cmd/sshfloor, x/crypto/ssh connecting to every gateway at once, one session each, the same command\n\n")
 	ns := r.sizes()
@@ -292,8 +292,11 @@ func (r *Results) rotationSection(b *strings.Builder) {
 		b.WriteString("Not measured in this run.\n")
 		return
 	}
-	fmt.Fprintf(b, "`runbook exec rotate-master --yes` (the shipped runbook: one gateway at a time behind its health gate, 2 s settle)\n")
-	fmt.Fprintf(b, "on %d gateways behind the lab's nginx, while %d clients send requests through nginx with a virtual key, half\n", ro.Gateways, ro.Clients)
+	b.WriteString("`runbook exec rotate-master --yes`: the shipped runbook (one gateway at a time behind its health gate) with, in its\n")
+	b.WriteString("two rollout steps, the drain and undrain its description advises for a balancer that does not retry a POST:\n")
+	b.WriteString("`runbook-lab drain|undrain GATEWAY`, which mark the gateway down in the lab's nginx and return once no worker from\n")
+	b.WriteString("before the reload is left (so `settle` is 0 s instead of 2 s). The lab gateway closes its listener at once on SIGTERM.\n")
+	fmt.Fprintf(b, "On %d gateways behind the lab's nginx, while %d clients send requests through nginx with a virtual key, half\n", ro.Gateways, ro.Clients)
 	b.WriteString("chat completions (POST), half model lists, each on a new connection. A failed request is a transport error or\n")
 	if r.Warmup > 0 {
 		b.WriteString("any status but 200. The warm-up run also pins LITELLM_SALT_KEY (a rolling restart of its own).\n\n")
