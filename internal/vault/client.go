@@ -71,6 +71,9 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrDeleted means the version was deleted or destroyed.
 	ErrDeleted = errors.New("version deleted")
+	// ErrCASRequired means a write without check-and-set (AnyVersion) was
+	// refused: the mount or the path requires check-and-set.
+	ErrCASRequired = errors.New("check-and-set required")
 	// ErrAddressNotAllowed means a request was refused before it was sent
 	// because its address is not on the allow-list.
 	ErrAddressNotAllowed = errors.New("address not allowed to receive the vault token")
@@ -464,12 +467,17 @@ func (c *Client) Metadata(ctx context.Context, path string) (*Metadata, error) {
 	return m, nil
 }
 
+// AnyVersion is Write's cas for a write without check-and-set: a new
+// version over whatever version is current.
+const AnyVersion = -1
+
 // Write stores data as a new version of path with check-and-set: cas 0
 // means the path must have no version yet, cas N means the current version
-// must be N. A conflict is a *CASError and nothing is written. It returns
-// the new version.
+// must be N. A conflict is a *CASError and nothing is written. With cas
+// AnyVersion there is no check; a mount that requires one refuses the
+// write with ErrCASRequired. It returns the new version.
 func (c *Client) Write(ctx context.Context, path string, data Data, cas int) (int, error) {
-	if cas < 0 {
+	if cas < AnyVersion {
 		return 0, fmt.Errorf("vault write %s: check-and-set version must not be negative", c.Display(path))
 	}
 	fields := make(map[string]any, len(data.Secrets)+len(data.Plain))
@@ -482,9 +490,15 @@ func (c *Client) Write(ctx context.Context, path string, data Data, cas int) (in
 		}
 		fields[k] = v.Reveal()
 	}
-	body := map[string]any{"data": fields, "options": map[string]any{"cas": cas}}
+	body := map[string]any{"data": fields}
+	if cas != AnyVersion {
+		body["options"] = map[string]any{"cas": cas}
+	}
 	s, err := c.api.Logical().WriteWithContext(ctx, c.dataPath(path), body)
 	if err != nil {
+		if cas == AnyVersion && isCASRequired(err) {
+			return 0, fmt.Errorf("vault write %s: %w", c.Display(path), ErrCASRequired)
+		}
 		if isCASMismatch(err) {
 			cur := -1
 			if m, merr := c.Metadata(ctx, path); merr == nil {
@@ -538,6 +552,19 @@ func (c *Client) List(ctx context.Context, path string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+func isCASRequired(err error) bool {
+	var re *api.ResponseError
+	if !errors.As(err, &re) || re.StatusCode != http.StatusBadRequest {
+		return false
+	}
+	for _, m := range re.Errors {
+		if strings.Contains(m, "check-and-set parameter required") {
+			return true
+		}
+	}
+	return false
 }
 
 func isCASMismatch(err error) bool {

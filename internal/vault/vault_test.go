@@ -44,6 +44,7 @@ func TestAgainstVault(t *testing.T) {
 	v := l.Vault
 
 	t.Run("ReadWriteCAS", func(t *testing.T) { testReadWriteCAS(t, v) })
+	t.Run("WriteAnyVersion", func(t *testing.T) { testWriteAnyVersion(t, v) })
 	t.Run("KV1Refused", func(t *testing.T) { testKV1Refused(t, v) })
 	t.Run("LeastPrivilege", func(t *testing.T) { testLeastPrivilege(t, v) })
 	t.Run("AppRole", func(t *testing.T) { testAppRole(t, v) })
@@ -58,6 +59,43 @@ func runner(t *testing.T, v *lab.Vault) *vault.Client {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// testWriteAnyVersion: a write without check-and-set makes a new version
+// over any current one, and is refused with ErrCASRequired where the path
+// requires check-and-set.
+func testWriteAnyVersion(t *testing.T, v *lab.Vault) {
+	c := runner(t, v)
+	ctx := ctx(t)
+	p := "litellm/test/any"
+	k1, k2, k3 := secret.New("sk-any-one-0123456789"), secret.New("sk-any-two-0123456789"), secret.New("sk-any-three-0123456789")
+	for i, k := range []secret.Value{k1, k2} {
+		n, err := c.Write(ctx, p, vault.Data{Secrets: map[string]secret.Value{"key": k}}, vault.AnyVersion)
+		if err != nil || n != i+1 {
+			t.Fatalf("write %d without check-and-set: version %d, %v", i+1, n, err)
+		}
+	}
+	if e, err := c.Read(ctx, p); err != nil || e.Version != 2 || !e.Secret("key").Equal(k2) {
+		t.Fatalf("read after two writes: %+v %v", e, err)
+	}
+	root, err := v.Client(v.RootToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.Logical().WriteWithContext(ctx, "secret/metadata/"+p, map[string]any{"cas_required": true}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Write(ctx, p, vault.Data{Secrets: map[string]secret.Value{"key": k3}}, vault.AnyVersion)
+	if !errors.Is(err, vault.ErrCASRequired) {
+		t.Fatalf("write without check-and-set where it is required: %v", err)
+	}
+	noSecrets(t, err, k1, k2, k3, v.RunnerToken)
+	if n, err := c.Write(ctx, p, vault.Data{Secrets: map[string]secret.Value{"key": k3}}, 2); err != nil || n != 3 {
+		t.Fatalf("check-and-set write where it is required: version %d, %v", n, err)
+	}
+	if _, err := c.Write(ctx, p, vault.Data{}, -2); err == nil {
+		t.Fatal("a check-and-set version of -2 was taken")
+	}
 }
 
 func testReadWriteCAS(t *testing.T, v *lab.Vault) {

@@ -64,7 +64,9 @@ type Reissue struct {
 	// place (n counts them), beforeCommit before the database commit. An
 	// error from either stops Apply there, as a crash would.
 	afterVaultWrite func(ctx context.Context, n int) error
-	beforeCommit    func(ctx context.Context) error
+	// stored: an Apply of this step has begun storing keys in Vault.
+	stored       bool
+	beforeCommit func(ctx context.Context) error
 	// now, when set, replaces time.Now.
 	now func() time.Time
 }
@@ -222,6 +224,9 @@ type issued struct {
 	key    secret.Value
 	reused bool // written to Vault by an earlier attempt of this run
 	fresh  bool // the path had no version when listed
+	// again: an earlier attempt of this run may have stored a key at the
+	// path, so it is read first.
+	again bool
 }
 
 // Apply implements step.Step.
@@ -362,8 +367,15 @@ func (r *Reissue) storeInVault(ctx context.Context, env *step.Env, vc *vault.Cli
 	for _, n := range names {
 		exists[r.VaultPrefix+"/"+n] = true
 	}
+	// Only an earlier attempt of this run (journaled as an intent before it
+	// stored anything, or an earlier Apply in this process) can have left
+	// a record of this run: without one, a listed path is written over
+	// without reading it first, which halves the requests for it.
+	again := r.stored || acted(env)
+	r.stored = true
 	for i := range out {
 		out[i].fresh = !exists[out[i].path]
+		out[i].again = again
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -414,11 +426,30 @@ feed:
 	return out, nil
 }
 
-// storeOne reads the key's Vault path (unless it was not listed): a record
-// this run wrote for the same old hash gives back its key; otherwise a new
-// key is made and written over the version read (check-and-set), so a
-// concurrent writer is detected.
+// storeOne stores a new key at the key's Vault path. A path that was not
+// listed is written with check-and-set "must not exist". A listed path is
+// written over whatever version is current, unless an earlier attempt of
+// this run may have stored a key there (or the mount requires
+// check-and-set): then it is read first, a record this run wrote for the
+// same old hash gives back its key, and otherwise the new key is written
+// over the version read (check-and-set), so a concurrent writer is
+// detected.
 func (r *Reissue) storeOne(ctx context.Context, env *step.Env, vc *vault.Client, is *issued) error {
+	if !is.fresh && !is.again {
+		key, data, err := r.newRecord(env, is)
+		if err != nil {
+			return err
+		}
+		_, err = vc.Write(ctx, is.path, data, vault.AnyVersion)
+		if err == nil {
+			is.key = key
+			return nil
+		}
+		if !errors.Is(err, vault.ErrCASRequired) {
+			return err
+		}
+		is.again = true
+	}
 	cas := 0
 	var (
 		e   *vault.Entry
@@ -448,9 +479,36 @@ func (r *Reissue) storeOne(ctx context.Context, env *step.Env, vc *vault.Client,
 	default:
 		return err
 	}
-	key, err := ll.NewVirtualKey()
+	key, data, err := r.newRecord(env, is)
 	if err != nil {
 		return err
+	}
+	if _, err := vc.Write(ctx, is.path, data, cas); err != nil {
+		var ce *vault.CASError
+		if errors.As(err, &ce) {
+			return step.Retryable(err)
+		}
+		return err
+	}
+	is.key = key
+	return nil
+}
+
+// acted reports whether an earlier attempt of this run journaled an intent
+// of the step (it may have stored keys); true when the journal cannot say.
+func acted(env *step.Env) bool {
+	d, ok := env.Deps.(step.JournalDep)
+	if !ok || d == nil {
+		return true
+	}
+	return d.Acted(env.StepID, env.Host)
+}
+
+// newRecord makes a new key for is and its Vault record.
+func (r *Reissue) newRecord(env *step.Env, is *issued) (secret.Value, vault.Data, error) {
+	key, err := ll.NewVirtualKey()
+	if err != nil {
+		return secret.Value{}, vault.Data{}, err
 	}
 	raw := key.Reveal()
 	data := vault.Data{
@@ -467,15 +525,7 @@ func (r *Reissue) storeOne(ctx context.Context, env *step.Env, vc *vault.Client,
 			"rotated_at":     r.clock().UTC().Format(time.RFC3339),
 		},
 	}
-	if _, err := vc.Write(ctx, is.path, data, cas); err != nil {
-		var ce *vault.CASError
-		if errors.As(err, &ce) {
-			return step.Retryable(err)
-		}
-		return err
-	}
-	is.key = key
-	return nil
+	return key, data, nil
 }
 
 // ReissueNoteKind is the kind of the note that lists the re-issued keys.

@@ -6,11 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"reflect"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -591,4 +596,173 @@ func TestReissueOddAliases(t *testing.T) {
 		}
 	}
 	w.checkReissued(before, rows, "run-odd", "litellm/virtual-keys")
+}
+
+// journalDeps are testDeps with what a run's journal says of earlier
+// attempts: acted, an intent of the step was journaled before this one.
+type journalDeps struct {
+	*testDeps
+	acted bool
+	vc    *vault.Client // when set, instead of testDeps'
+}
+
+func (d *journalDeps) Vault(ctx context.Context) (*vault.Client, error) {
+	if d.vc != nil {
+		return d.vc, nil
+	}
+	return d.testDeps.Vault(ctx)
+}
+
+// countingVault is a Vault client whose requests pass through a proxy on
+// loopback that counts the reads and writes of KV data (GET and PUT or
+// POST on /v1/secret/data/).
+func countingVault(t *testing.T, w *world) (*vault.Client, func() (reads, writes int64)) {
+	t.Helper()
+	target, err := url.Parse(w.vault.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reads, writes atomic.Int64
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/v1/secret/data/") {
+			switch r.Method {
+			case http.MethodGet:
+				reads.Add(1)
+			case http.MethodPut, http.MethodPost:
+				writes.Add(1)
+			}
+		}
+		proxy.ServeHTTP(rw, r)
+	}))
+	t.Cleanup(srv.Close)
+	vc, err := vault.New(context.Background(), vault.Config{Address: srv.URL, Token: w.vault.RunnerToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vc, func() (int64, int64) { return reads.Swap(0), writes.Swap(0) }
+}
+
+func (d *journalDeps) Noted(string, string) bool { return false }
+func (d *journalDeps) Acted(string, string) bool { return d.acted }
+
+// TestReissueFirstAttempt: a run's first attempt writes a listed Vault path
+// over its current version without reading it first, and still stores every
+// key once; a path that requires check-and-set is read and written with it;
+// an attempt after one that journaled an intent reads first and reuses the
+// keys the earlier attempt stored.
+func TestReissueFirstAttempt(t *testing.T) {
+	w := newWorld(t, worldOpts{seed: lab.SeedConfig{Keys: 30}})
+	ctx := context.Background()
+	const prefix = "litellm/test-first-attempt"
+	with := map[string]any{"all": true, "vault_prefix": prefix, "vault_parallel": 4}
+	vc, requests := countingVault(t, w)
+	env := func(runID string, acted bool) *step.Env {
+		e := w.env(runID)
+		e.Deps = &journalDeps{testDeps: w.deps, acted: acted, vc: vc}
+		return e
+	}
+	// versions checks each row's path has one version more than in was.
+	versions := func(run string, rows []ll.KeyRow, was, now map[string]int) {
+		t.Helper()
+		for _, r := range rows {
+			p := VaultPath(prefix, r)
+			if now[p] != was[p]+1 {
+				t.Errorf("%s: %s has version %d, want %d", run, p, now[p], was[p]+1)
+			}
+		}
+	}
+
+	// Run one: every path is new.
+	before, rows := w.keyStates(), allRows(t, w)
+	if _, err := newStep(t, ReissueSpec, with).Apply(ctx, env("run-one", false)); err != nil {
+		t.Fatal(err)
+	}
+	w.checkReissued(before, rows, "run-one", prefix)
+	v1 := w.vaultState(prefix)
+	versions("run one", rows, map[string]int{}, v1)
+	if r, wr := requests(); r != 0 || wr != int64(len(rows)) {
+		t.Errorf("run one: %d reads and %d writes of %d new paths, want none and one each", r, wr, len(rows))
+	}
+
+	// Run two writes over every path that has an alias (the others are
+	// named by their old hash, which changed); five of them require
+	// check-and-set from now on.
+	before, rows = w.keyStates(), allRows(t, w)
+	root, err := w.vault.Client(w.vault.RootToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed, casRequired := 0, 0
+	for _, r := range rows {
+		p := VaultPath(prefix, r)
+		if v1[p] == 0 {
+			continue
+		}
+		listed++
+		if casRequired < 5 {
+			if _, err := root.Logical().WriteWithContext(ctx, "secret/metadata/"+p, map[string]any{"cas_required": true}); err != nil {
+				t.Fatal(err)
+			}
+			casRequired++
+		}
+	}
+	if casRequired < 5 || listed < 10 {
+		t.Fatalf("%d of %d keys have a path run one wrote, want at least 10", listed, len(rows))
+	}
+	if _, err := newStep(t, ReissueSpec, with).Apply(ctx, env("run-two", false)); err != nil {
+		t.Fatal(err)
+	}
+	w.checkReissued(before, rows, "run-two", prefix)
+	v2 := w.vaultState(prefix)
+	versions("run two", rows, v1, v2)
+	// One write per key; the paths that require check-and-set cost a
+	// refused write, a read and a write more.
+	if r, wr := requests(); r != int64(casRequired) || wr != int64(len(rows)+casRequired) {
+		t.Errorf("run two: %d reads and %d writes, want %d and %d", r, wr, casRequired, len(rows)+casRequired)
+	}
+
+	// Run three stops after 10 keys are stored, as a crash would; its
+	// resume, with the intent journaled, reuses them.
+	before, rows = w.keyStates(), allRows(t, w)
+	dbBefore := w.dumpAll()
+	s := newStep(t, ReissueSpec, with).(*Reissue)
+	crash := errors.New("simulated crash")
+	s.afterVaultWrite = func(_ context.Context, n int) error {
+		if n == 10 {
+			return crash
+		}
+		return nil
+	}
+	if _, err := s.Apply(ctx, env("run-three", false)); !errors.Is(err, crash) {
+		t.Fatalf("first attempt of run three: %v", err)
+	}
+	if !reflect.DeepEqual(w.dumpAll(), dbBefore) {
+		t.Fatal("a crash before the commit changed the database")
+	}
+	v3a := w.vaultState(prefix)
+	stored := 0
+	for _, r := range rows {
+		if p := VaultPath(prefix, r); v3a[p] > v2[p] {
+			stored++
+		}
+	}
+	if stored < 10 || stored == len(rows) {
+		t.Fatalf("%d keys stored by the first attempt, want 10 up to fewer than %d", stored, len(rows))
+	}
+	w.logs.Reset()
+	requests()
+	if _, err := newStep(t, ReissueSpec, with).Apply(ctx, env("run-three", true)); err != nil {
+		t.Fatal(err)
+	}
+	v3 := w.vaultState(prefix)
+	versions("run three", rows, v2, v3)
+	// The resume reads every path it lists before it writes.
+	if r, _ := requests(); r < int64(stored) {
+		t.Errorf("the resume read %d paths, fewer than the %d the first attempt stored", r, stored)
+	}
+	if !strings.Contains(w.logs.String(), "reusing keys stored in vault") {
+		t.Error("the resume did not say it reused keys")
+	}
+	w.checkReissued(before, rows, "run-three", prefix)
 }
