@@ -35,8 +35,7 @@ type ReissueResult struct {
 
 // reissue re-issues every virtual key of one lab, reseeded at each size.
 // The warm-up run at each size leaves a Vault path for every key, so every
-// timed run reads it and writes a new version over it (check-and-set), as
-// a repeated rotation does.
+// timed run writes a new version over it, as a repeated rotation does.
 func reissue(t *testing.T, h *harness, cfg settings, res *Results) {
 	ctx := context.Background()
 	l := labtest.Up(t, lab.Config{Gateways: 1, Postgres: true, Vault: true, Keys: cfg.keys[0]})
