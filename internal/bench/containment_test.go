@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -112,6 +113,9 @@ func containment(t *testing.T, h *harness, cfg settings, res *Results) {
 			}
 			// Round robin: every iteration runs each way once, so drift on
 			// the machine touches all of them alike.
+			// Every run starts from the same state: restored here, then
+			// by the check after each run.
+			restore(ctx, t, l)
 			for i := 0; i < cfg.warmup+cfg.iters; i++ {
 				for k, w := range ways {
 					if w.name == wayAnsibleStock && i < cfg.warmup {
@@ -119,7 +123,6 @@ func containment(t *testing.T, h *harness, cfg settings, res *Results) {
 						// on the same gateways: the same caches are warm.
 						continue
 					}
-					restore(ctx, t, l)
 					cmds := w.cmd(i)
 					d, err := runAll(cmds)
 					if err != nil {
@@ -136,7 +139,6 @@ func containment(t *testing.T, h *harness, cfg settings, res *Results) {
 					t.Logf("%s, %d gateways, iteration %d: %v", w.name, n, i, d.Round(time.Millisecond))
 				}
 			}
-			restore(ctx, t, l)
 			for _, s := range samples {
 				summarize(s)
 				res.Samples = append(res.Samples, s)
@@ -189,18 +191,52 @@ func inGateway(ctx context.Context, g *lab.Gateway, script string) ([]byte, erro
 // INPUT chain and the proxy's state.
 type gatewayState struct{ v4, v6, active string }
 
-const stateScript = `iptables -w -S INPUT || exit 1; echo '#--'; ip6tables -w -S INPUT || exit 1; echo '#--'; systemctl is-active litellm; exit 0`
+// listScript prints both INPUT chains and the proxy's state, separated by
+// "#--" lines.
+const listScript = `iptables -w -S INPUT || exit 1; echo '#--'; ip6tables -w -S INPUT || exit 1; echo '#--'; systemctl is-active litellm`
 
-func readState(ctx context.Context, g *lab.Gateway) (gatewayState, error) {
-	out, err := inGateway(ctx, g, stateScript)
+// restoreScript lifts containment (the lab's namespaces hold no INPUT
+// rules of their own) and starts the proxy without waiting for it:
+// waitServing waits for every gateway at once, from the harness, where the
+// systemctl stand-in would start a sleep process for every poll.
+const restoreScript = `iptables -w -F INPUT && ip6tables -w -F INPUT && systemctl start --no-block litellm`
+
+// readState reads g's state and then, when then is set, runs it in the
+// same process (restoreScript after a check).
+func readState(ctx context.Context, g *lab.Gateway, then string) (gatewayState, error) {
+	script, want := listScript+"; exit 0", 3
+	if then != "" {
+		script, want = listScript+"; echo '#--'; "+then, 4
+	}
+	out, err := inGateway(ctx, g, script)
 	if err != nil {
 		return gatewayState{}, fmt.Errorf("%s: read iptables and the proxy state: %w: %s", g.Name, err, out)
 	}
 	parts := strings.Split(string(out), "#--\n")
-	if len(parts) != 3 {
+	if len(parts) != want {
 		return gatewayState{}, fmt.Errorf("%s: unexpected state output:\n%s", g.Name, out)
 	}
 	return gatewayState{v4: parts[0], v6: parts[1], active: strings.TrimSpace(parts[2])}, nil
+}
+
+// waitServing waits until every gateway's proxy accepts connections on
+// port 4000 (dialled from the root namespace: the firewall is lifted).
+func waitServing(ctx context.Context, l *lab.Lab) error {
+	return forEach(l, func(g *lab.Gateway) error {
+		addr := net.JoinHostPort(g.Address, "4000")
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			c, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
+			if err == nil {
+				c.Close()
+				return nil
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return fmt.Errorf("%s: the proxy does not listen on %s after its start: %w", g.Name, addr, err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
 }
 
 // whereIs says which network namespace the gateway's sshd is in, for
@@ -232,16 +268,19 @@ func forEach(l *lab.Lab, fn func(g *lab.Gateway) error) error {
 	return nil
 }
 
-// restore lifts containment on every gateway directly (the lab's
-// namespaces hold no INPUT rules of their own) and starts the proxy.
+// restore lifts containment on every gateway directly and starts the
+// proxy, then waits until every proxy serves.
 func restore(ctx context.Context, t *testing.T, l *lab.Lab) {
 	t.Helper()
 	err := forEach(l, func(g *lab.Gateway) error {
-		if out, err := inGateway(ctx, g, "iptables -w -F INPUT && ip6tables -w -F INPUT && systemctl start litellm"); err != nil {
+		if out, err := inGateway(ctx, g, restoreScript); err != nil {
 			return fmt.Errorf("%s: flush INPUT and start litellm: %w: %s", g.Name, err, out)
 		}
 		return nil
 	})
+	if err == nil {
+		err = waitServing(ctx, l)
+	}
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}
@@ -251,10 +290,13 @@ var dropRule = regexp.MustCompile(`(?m)^-A INPUT .*-p tcp .*--dport 4000 .*-j DR
 
 // checkContained checks the state every way must leave: the proxy
 // inactive and a DROP rule for TCP port 4000 in INPUT, for IPv4 and IPv6.
+//
+// In the same process per gateway it then restores the gateway for the
+// next run, as restore does.
 func checkContained(ctx context.Context, t *testing.T, l *lab.Lab, way string) {
 	t.Helper()
 	err := forEach(l, func(g *lab.Gateway) error {
-		st, err := readState(ctx, g)
+		st, err := readState(ctx, g, restoreScript)
 		if err != nil {
 			return err
 		}
@@ -271,13 +313,16 @@ func checkContained(ctx context.Context, t *testing.T, l *lab.Lab, way string) {
 	if err != nil {
 		t.Fatalf("after %s: %v", way, err)
 	}
+	if err := waitServing(ctx, l); err != nil {
+		t.Fatalf("restore after %s: %v", way, err)
+	}
 }
 
 // checkOpen checks a gateway serves again: no DROP rule for port 4000 in
 // either family and the proxy active.
 func checkOpen(ctx context.Context, l *lab.Lab) error {
 	return forEach(l, func(g *lab.Gateway) error {
-		st, err := readState(ctx, g)
+		st, err := readState(ctx, g, "")
 		if err != nil {
 			return err
 		}
