@@ -3,6 +3,7 @@ package secret
 import (
 	"bytes"
 	"io"
+	"slices"
 	"sort"
 	"sync"
 )
@@ -48,10 +49,11 @@ func (m *Masker) Add(vs ...Value) {
 		}
 		m.known[string(b)] = true
 		m.values = append(m.values, b)
+		// Longest first: insert before the first shorter secret.
 		k := [minSecret]byte(b[:minSecret])
-		bucket := append(m.byPrefix[k], b)
-		sort.SliceStable(bucket, func(i, j int) bool { return len(bucket[i]) > len(bucket[j]) })
-		m.byPrefix[k] = bucket
+		bucket := m.byPrefix[k]
+		i := sort.Search(len(bucket), func(i int) bool { return len(bucket[i]) < len(b) })
+		m.byPrefix[k] = slices.Insert(bucket, i, b)
 	}
 }
 
