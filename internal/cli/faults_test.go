@@ -1072,6 +1072,18 @@ func faultStateReadOnly(t *testing.T, r *faultRun, stepID string) {
 	if err := os.WriteFile(trigger, []byte("runbook reliability: state directory fault\n"), 0o200); err != nil {
 		t.Fatalf("trigger the file system error: %v", err)
 	}
+	// ext4 remounts read-only a moment after the error, not within the
+	// write to trigger_fs_error: wait for it, or the step's outcome can
+	// still be journaled and the fault lands on a later step.
+	poll(t, "the state directory remounted read-only", func() bool {
+		f, err := os.CreateTemp(r.w.state, "probe")
+		if err == nil {
+			f.Close()
+			os.Remove(f.Name())
+			return false
+		}
+		return errors.Is(err, syscall.EROFS)
+	})
 	l.release(t)
 	b.wait(t, r, "exec")
 	r.checkError(t, b, r.endCode(t), "step "+stepID, "read-only file system")
