@@ -3,14 +3,10 @@ package bench_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,16 +41,16 @@ func rotation(t *testing.T, h *harness, cfg settings, res *Results) {
 	// The load works before anything changes.
 	probe := startLoad(l.Nginx.Addr, key, 1)
 	time.Sleep(200 * time.Millisecond)
-	probe.finish()
-	if probe.total.Load() == 0 || probe.failed.Load() > 0 {
-		t.Fatalf("load through nginx before the rotation: %d of %d failed: %v", probe.failed.Load(), probe.total.Load(), probe.failures)
+	probe.Finish()
+	if probe.Total.Load() == 0 || probe.Failed.Load() > 0 {
+		t.Fatalf("load through nginx before the rotation: %d of %d failed: %v", probe.Failed.Load(), probe.Total.Load(), probe.Failures())
 	}
 	runbooks := drainingRunbooks(t, h, l)
 	for i := 0; i < cfg.warmup+cfg.iters; i++ {
 		dir := filepath.Join(t.TempDir(), strconv.Itoa(i))
 		g := startLoad(l.Nginx.Addr, key, cfg.clients)
 		p, err := runProc(h.runbookCmd(ctx, l, dir, "exec", "rotate-master", "--yes", "--reason", "benchmark", "--runbooks", runbooks))
-		g.finish()
+		g.Finish()
 		if err != nil {
 			t.Fatalf("rotate-master on %d gateways: %v", n, err)
 		}
@@ -65,16 +61,16 @@ func rotation(t *testing.T, h *harness, cfg settings, res *Results) {
 		if rec.Status != "succeeded" || rec.changeOf("rollout") == "" {
 			t.Fatalf("rotate-master: record %s, rollout %q", rec.Status, rec.changeOf("rollout"))
 		}
-		total, failed := g.total.Load(), g.failed.Load()
+		total, failed := g.Total.Load(), g.Failed.Load()
 		t.Logf("rotate-master under load, %d gateways, iteration %d: %v, %d requests, %d failed %v",
-			n, i, p.took.Round(time.Millisecond), total, failed, g.failures)
+			n, i, p.took.Round(time.Millisecond), total, failed, g.Failures())
 		if i < cfg.warmup {
 			continue
 		}
 		r.Seconds.add(p.took.Seconds())
 		r.Requests.add(float64(total))
 		r.Failed.add(float64(failed))
-		for _, f := range g.failures {
+		for _, f := range g.Failures() {
 			if len(r.Failures) < 10 {
 				r.Failures = append(r.Failures, fmt.Sprintf("run %d: %s", i-cfg.warmup+1, f))
 			}
@@ -176,70 +172,9 @@ func loadKey(ctx context.Context, t *testing.T, l *lab.Lab) secret.Value {
 
 const loadModel = "gpt-4o-mini"
 
-// loadGen sends requests through nginx until finished: half chat
+// startLoad sends requests through nginx until finished: half chat
 // completions (POST, which nginx does not retry on another gateway once
-// sent), half model lists. Each request opens its own connection, so a
-// failure is the gateways' and nginx's, never a client reusing a
-// connection the server was closing. Only loopback is addressed.
-type loadGen struct {
-	total, failed atomic.Int64
-	mu            sync.Mutex
-	failures      []string
-	stop          chan struct{}
-	done          sync.WaitGroup
-	started       time.Time
-}
-
-func startLoad(addr string, key secret.Value, clients int) *loadGen {
-	g := &loadGen{stop: make(chan struct{}), started: time.Now()}
-	client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
-	body := `{"model":"` + loadModel + `","messages":[{"role":"user","content":"ping"}]}`
-	for w := 0; w < clients; w++ {
-		g.done.Add(1)
-		go func() {
-			defer g.done.Done()
-			for i := w; ; i++ {
-				select {
-				case <-g.stop:
-					return
-				default:
-				}
-				var req *http.Request
-				if i%2 == 0 {
-					req, _ = http.NewRequest(http.MethodPost, "http://"+addr+"/v1/chat/completions", strings.NewReader(body))
-					req.Header.Set("Content-Type", "application/json")
-				} else {
-					req, _ = http.NewRequest(http.MethodGet, "http://"+addr+"/v1/models", nil)
-				}
-				req.Header.Set("Authorization", "Bearer "+key.Reveal())
-				g.total.Add(1)
-				resp, err := client.Do(req)
-				if err != nil {
-					g.fail(fmt.Sprintf("%s %s: %v", req.Method, req.URL.Path, err))
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					g.fail(fmt.Sprintf("%s %s: status %d", req.Method, req.URL.Path, resp.StatusCode))
-				}
-			}
-		}()
-	}
-	return g
-}
-
-func (g *loadGen) fail(s string) {
-	g.failed.Add(1)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if len(g.failures) < 10 {
-		g.failures = append(g.failures, fmt.Sprintf("at %v: %s", time.Since(g.started).Round(time.Millisecond), s))
-	}
-}
-
-// finish stops the load and waits for the requests in flight.
-func (g *loadGen) finish() {
-	close(g.stop)
-	g.done.Wait()
+// sent), half model lists.
+func startLoad(addr string, key secret.Value, clients int) *labtest.Load {
+	return labtest.StartLoad(clients, labtest.LoadOptions{}, labtest.ChatOrModels(addr, loadModel, key))
 }

@@ -11,12 +11,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/runbook-dev/runbook/internal/lab"
+	"github.com/runbook-dev/runbook/internal/lab/labtest"
 	"github.com/runbook-dev/runbook/internal/secret"
 )
 
@@ -47,8 +47,18 @@ func TestDrainTakesAGatewayOutOfNginx(t *testing.T) {
 
 	key := chatKey(t, l)
 	accessLog := filepath.Join(l.Nginx.Dir, "access.log")
-	load := startNginxLoad(l.Nginx.Addr, key, 4)
-	defer load.finish()
+	// Liveliness checks, and once post is set every other request a chat
+	// completion.
+	var post atomic.Bool
+	var posts atomic.Int64
+	load := labtest.StartLoad(4, labtest.LoadOptions{}, func(i int) (*http.Request, error) {
+		if post.Load() && i%2 == 0 {
+			posts.Add(1)
+			return labtest.ChatRequest(l.Nginx.Addr, "gpt-4o-mini", key)
+		}
+		return http.NewRequest(http.MethodGet, "http://"+l.Nginx.Addr+"/health/liveliness", nil)
+	})
+	defer load.Finish()
 
 	off := fileSize(t, accessLog)
 	time.Sleep(300 * time.Millisecond)
@@ -112,7 +122,7 @@ func TestDrainTakesAGatewayOutOfNginx(t *testing.T) {
 
 	// POST requests, which nginx does not retry on another gateway, while
 	// gw1 stops and starts again.
-	load.post.Store(true)
+	post.Store(true)
 	time.Sleep(200 * time.Millisecond)
 	if out, err := l.Systemctl(ctx, g, "stop", "litellm"); err != nil {
 		t.Fatalf("stop gw1: %v: %s", err, out)
@@ -137,12 +147,12 @@ func TestDrainTakesAGatewayOutOfNginx(t *testing.T) {
 	if counts[g.Address] == 0 {
 		t.Errorf("gw1 got no request after the undrain")
 	}
-	load.finish()
-	t.Logf("load: %d requests (%d POST), %d failed", load.total.Load(), load.posts.Load(), load.failed.Load())
-	if load.failed.Load() != 0 {
-		t.Errorf("%d requests failed: %s", load.failed.Load(), strings.Join(load.failures, "; "))
+	load.Finish()
+	t.Logf("load: %d requests (%d POST), %d failed", load.Total.Load(), posts.Load(), load.Failed.Load())
+	if load.Failed.Load() != 0 {
+		t.Errorf("%d requests failed: %s", load.Failed.Load(), strings.Join(load.Failures(), "; "))
 	}
-	if load.posts.Load() == 0 {
+	if posts.Load() == 0 {
 		t.Errorf("no POST request was sent")
 	}
 }
@@ -194,7 +204,7 @@ func chatKey(t *testing.T, l *lab.Lab) secret.Value {
 		if !k.Valid(now.Add(time.Hour)) {
 			continue
 		}
-		req, err := newChatRequest(l.Nginx.Addr, k.Key)
+		req, err := labtest.ChatRequest(l.Nginx.Addr, "gpt-4o-mini", k.Key)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -210,82 +220,6 @@ func chatKey(t *testing.T, l *lab.Lab) secret.Value {
 	}
 	t.Fatal("no seeded key is allowed a chat completion")
 	return secret.Value{}
-}
-
-func newChatRequest(addr string, key secret.Value) (*http.Request, error) {
-	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"ping"}]}`
-	req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/v1/chat/completions", strings.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+key.Reveal())
-	return req, nil
-}
-
-// nginxLoad sends requests through nginx (loopback only) until finished:
-// liveliness checks, and with post set every other request a chat
-// completion. Each request opens its own connection to nginx, so a failure
-// is nginx's or a gateway's.
-type nginxLoad struct {
-	post                 atomic.Bool
-	total, posts, failed atomic.Int64
-	mu                   sync.Mutex
-	failures             []string
-	stop                 chan struct{}
-	once                 sync.Once
-	done                 sync.WaitGroup
-}
-
-func startNginxLoad(addr string, key secret.Value, clients int) *nginxLoad {
-	g := &nginxLoad{stop: make(chan struct{})}
-	client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
-	for w := 0; w < clients; w++ {
-		g.done.Add(1)
-		go func() {
-			defer g.done.Done()
-			for i := w; ; i++ {
-				select {
-				case <-g.stop:
-					return
-				default:
-				}
-				var req *http.Request
-				if g.post.Load() && i%2 == 0 {
-					req, _ = newChatRequest(addr, key)
-					g.posts.Add(1)
-				} else {
-					req, _ = http.NewRequest(http.MethodGet, "http://"+addr+"/health/liveliness", nil)
-				}
-				g.total.Add(1)
-				resp, err := client.Do(req)
-				if err != nil {
-					g.fail(fmt.Sprintf("%s %s: %v", req.Method, req.URL.Path, err))
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					g.fail(fmt.Sprintf("%s %s: status %d", req.Method, req.URL.Path, resp.StatusCode))
-				}
-			}
-		}()
-	}
-	return g
-}
-
-func (g *nginxLoad) fail(s string) {
-	g.failed.Add(1)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if len(g.failures) < 10 {
-		g.failures = append(g.failures, s)
-	}
-}
-
-func (g *nginxLoad) finish() {
-	g.once.Do(func() { close(g.stop) })
-	g.done.Wait()
 }
 
 func fileSize(t *testing.T, path string) int64 {

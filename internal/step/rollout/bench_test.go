@@ -67,17 +67,17 @@ func BenchmarkRotationUnderLoad(b *testing.B) {
 		_, res, err := apply(ctx, st, e.env)
 		took += time.Since(t0)
 		b.StopTimer()
-		load.finish()
+		load.Finish()
 		if err != nil {
 			b.Fatal(err)
 		}
 		if res["changed"] != "3" {
 			b.Fatalf("rotation %d changed %s gateways", i+1, res["changed"])
 		}
-		requests += load.total.Load()
-		failed += load.failed.Load()
-		if load.failed.Load() > 0 {
-			b.Errorf("rotation %d: %d of %d requests failed: %v", i+1, load.failed.Load(), load.total.Load(), load.failures)
+		requests += load.Total.Load()
+		failed += load.Failed.Load()
+		if load.Failed.Load() > 0 {
+			b.Errorf("rotation %d: %d of %d requests failed: %v", i+1, load.Failed.Load(), load.Total.Load(), load.Failures())
 		}
 		for _, line := range strings.Split(strings.TrimSpace(e.logText()), "\n") {
 			if strings.Contains(line, "passed the health gate") {

@@ -6,13 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 	"github.com/runbook-dev/runbook/internal/inventory"
 	"github.com/runbook-dev/runbook/internal/journal"
 	"github.com/runbook-dev/runbook/internal/lab"
+	"github.com/runbook-dev/runbook/internal/lab/labtest"
 	"github.com/runbook-dev/runbook/internal/secret"
 	"github.com/runbook-dev/runbook/internal/step"
 	"github.com/runbook-dev/runbook/internal/transport"
@@ -224,84 +223,16 @@ func loadKey(t testing.TB, l *lab.Lab) secret.Value {
 	return secret.Value{}
 }
 
-// loadGen sends requests through nginx with a virtual key from several
-// goroutines until stopped (and at least min requests were sent), or
-// until max requests or the time limit. Only loopback is addressed.
-type loadGen struct {
-	total, failed atomic.Int64
-	mu            sync.Mutex
-	failures      []string
-	stop          chan struct{}
-	done          sync.WaitGroup
-	started       time.Time
-	elapsed       time.Duration
-}
-
-// startLoad starts workers sending requests, half POST chat completions,
-// half GET /v1/models. Each opens its own connection to nginx: a drain reloads nginx,
-// and a reload closes the idle client connections of the old workers,
-// which a pooled client could be about to reuse for a POST it may not
-// retry. That is nginx's behaviour on any reload, not the rotation's.
-func startLoad(addr string, key secret.Value, workers int, min, max int64, limit time.Duration) *loadGen {
-	g := &loadGen{stop: make(chan struct{}), started: time.Now()}
-	client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
-	deadline := time.Now().Add(limit)
-	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"ping"}]}`
-	for w := 0; w < workers; w++ {
-		g.done.Add(1)
-		go func(w int) {
-			defer g.done.Done()
-			for i := 0; ; i++ {
-				n := g.total.Load()
-				if n >= max || time.Now().After(deadline) {
-					return
-				}
-				select {
-				case <-g.stop:
-					if n >= min {
-						return
-					}
-				default:
-				}
-				var req *http.Request
-				if (i+w)%2 == 0 {
-					req, _ = http.NewRequest(http.MethodPost, "http://"+addr+"/v1/chat/completions", strings.NewReader(body))
-					req.Header.Set("Content-Type", "application/json")
-				} else {
-					req, _ = http.NewRequest(http.MethodGet, "http://"+addr+"/v1/models", nil)
-				}
-				req.Header.Set("Authorization", "Bearer "+key.Reveal())
-				g.total.Add(1)
-				resp, err := client.Do(req)
-				if err != nil {
-					g.fail(fmt.Sprintf("%s %s: %v", req.Method, req.URL.Path, err))
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					g.fail(fmt.Sprintf("%s %s: %d", req.Method, req.URL.Path, resp.StatusCode))
-				}
-			}
-		}(w)
-	}
-	return g
-}
-
-func (g *loadGen) fail(s string) {
-	g.failed.Add(1)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if len(g.failures) < 10 {
-		g.failures = append(g.failures, time.Since(g.started).Round(time.Millisecond).String()+" "+s)
-	}
-}
-
-// finish stops the load (once min requests went out) and waits for it.
-func (g *loadGen) finish() {
-	close(g.stop)
-	g.done.Wait()
-	g.elapsed = time.Since(g.started)
+// startLoad starts workers sending requests through nginx, half POST chat
+// completions, half GET /v1/models, until finished (and at least min
+// requests were sent), or until max requests or the time limit. Each
+// opens its own connection to nginx: a drain reloads nginx, and a reload
+// closes the idle client connections of the old workers, which a pooled
+// client could be about to reuse for a POST it may not retry. That is
+// nginx's behaviour on any reload, not the rotation's.
+func startLoad(addr string, key secret.Value, workers int, min, max int64, limit time.Duration) *labtest.Load {
+	return labtest.StartLoad(workers, labtest.LoadOptions{Min: min, Max: max, Limit: limit},
+		labtest.ChatOrModels(addr, "gpt-4o-mini", key))
 }
 
 // argvWatch samples the command line of every process on the machine

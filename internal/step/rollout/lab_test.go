@@ -260,18 +260,18 @@ func TestRolloutLab(t *testing.T) {
 			t.Fatal(err)
 		}
 		tRoll := time.Since(t0)
-		load.finish()
+		load.Finish()
 		watch.finish()
 		if out2["version"] != strconv.Itoa(v2) || out2["previous_version"] != strconv.Itoa(v1) || out2["changed"] != "3" {
 			t.Fatalf("rollout outputs: %v", out2)
 		}
 		t.Logf("pin salt on 3 gateways: %v; rotation to version %d on 3 gateways: %v", tPin.Round(time.Millisecond), v2, tRoll.Round(time.Millisecond))
-		t.Logf("load through nginx: %d requests in %v, %d failed %v", load.total.Load(), load.elapsed.Round(time.Millisecond), load.failed.Load(), load.failures)
-		if load.total.Load() < 2000 {
-			t.Errorf("only %d requests during the rotation", load.total.Load())
+		t.Logf("load through nginx: %d requests in %v, %d failed %v", load.Total.Load(), load.Elapsed().Round(time.Millisecond), load.Failed.Load(), load.Failures())
+		if load.Total.Load() < 2000 {
+			t.Errorf("only %d requests during the rotation", load.Total.Load())
 		}
-		if load.failed.Load() != 0 {
-			t.Errorf("%d requests failed during the rotation: %v", load.failed.Load(), load.failures)
+		if load.Failed.Load() != 0 {
+			t.Errorf("%d requests failed during the rotation: %v", load.Failed.Load(), load.Failures())
 		}
 		t.Logf("argv: %d samples of every process, %d command lines inside gateway namespaces: %v", watch.samples, watch.inGW, watch.gwCommands)
 		if len(watch.leaks) > 0 {
@@ -368,7 +368,7 @@ func TestRolloutLab(t *testing.T) {
 		t0 := time.Now()
 		_, _, err = apply(ctx, ro, e.env)
 		took := time.Since(t0)
-		load.finish()
+		load.Finish()
 		watch.finish()
 		var halt *HaltError
 		if !errors.As(err, &halt) || halt.Host != "gw2" {
@@ -378,9 +378,9 @@ func TestRolloutLab(t *testing.T) {
 			t.Error("a halted rollout is retryable")
 		}
 		t.Logf("halted after %v: %v", took.Round(time.Millisecond), err)
-		t.Logf("load through nginx: %d requests, %d failed %v", load.total.Load(), load.failed.Load(), load.failures)
-		if load.failed.Load() != 0 {
-			t.Errorf("%d requests failed during the halted rollout", load.failed.Load())
+		t.Logf("load through nginx: %d requests, %d failed %v", load.Total.Load(), load.Failed.Load(), load.Failures())
+		if load.Failed.Load() != 0 {
+			t.Errorf("%d requests failed during the halted rollout", load.Failed.Load())
 		}
 		if len(watch.leaks) > 0 {
 			t.Errorf("a key was in a process's argv: %v", watch.leaks)
