@@ -39,25 +39,16 @@ func (o *drainOptions) labDir(cmd *cobra.Command) string {
 	return o.dir
 }
 
-func newDrainCommand(out io.Writer) *cobra.Command {
-	o := &drainOptions{}
-	cmd := &cobra.Command{
-		Use:   "drain GATEWAY",
-		Short: "Take a gateway (gw1 or its address) out of the lab's nginx; returns once no nginx worker can send it a request",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return runDrain(cmd.Context(), out, o.labDir(cmd), args[0], o)
-		},
+// newDrainCommand is `drain`, or with undrain `undrain`.
+func newDrainCommand(out io.Writer, undrain bool) *cobra.Command {
+	o := &drainOptions{undrain: undrain}
+	use, short := "drain GATEWAY", "Take a gateway (gw1 or its address) out of the lab's nginx; returns once no nginx worker can send it a request"
+	if undrain {
+		use, short = "undrain GATEWAY", "Put a gateway (gw1 or its address) back into the lab's nginx"
 	}
-	o.AddFlags(cmd)
-	return cmd
-}
-
-func newUndrainCommand(out io.Writer) *cobra.Command {
-	o := &drainOptions{undrain: true}
 	cmd := &cobra.Command{
-		Use:   "undrain GATEWAY",
-		Short: "Put a gateway (gw1 or its address) back into the lab's nginx",
+		Use:   use,
+		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runDrain(cmd.Context(), out, o.labDir(cmd), args[0], o)

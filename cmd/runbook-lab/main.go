@@ -54,7 +54,7 @@ func newRootCommand(out io.Writer) *cobra.Command {
 	}
 	root.SetOut(out)
 	root.AddCommand(newUpCommand(out), newDownCommand(out), newEnvCommand(out), newStatusCommand(out), newBuildVaultCommand(out),
-		newDrainCommand(out), newUndrainCommand(out))
+		newDrainCommand(out, false), newDrainCommand(out, true))
 	return root
 }
 

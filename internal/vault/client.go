@@ -554,26 +554,21 @@ func (c *Client) List(ctx context.Context, path string) ([]string, error) {
 	return out, nil
 }
 
-func isCASRequired(err error) bool {
-	var re *api.ResponseError
-	if !errors.As(err, &re) || re.StatusCode != http.StatusBadRequest {
-		return false
-	}
-	for _, m := range re.Errors {
-		if strings.Contains(m, "check-and-set parameter required") {
-			return true
-		}
-	}
-	return false
-}
+func isCASRequired(err error) bool { return badRequestSays(err, "check-and-set parameter required") }
 
 func isCASMismatch(err error) bool {
+	return badRequestSays(err, "check-and-set parameter did not match")
+}
+
+// badRequestSays reports whether err is Vault's 400 with a message that
+// contains msg.
+func badRequestSays(err error, msg string) bool {
 	var re *api.ResponseError
 	if !errors.As(err, &re) || re.StatusCode != http.StatusBadRequest {
 		return false
 	}
 	for _, m := range re.Errors {
-		if strings.Contains(m, "check-and-set parameter did not match") {
+		if strings.Contains(m, msg) {
 			return true
 		}
 	}
