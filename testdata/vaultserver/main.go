@@ -8,16 +8,23 @@
 //
 // Usage:
 //
-//	vaultserver -addr 127.0.0.1:8200 -root-token-file PATH -ready-file PATH
+//	vaultserver -addr 127.0.0.1:8200 -root-token-file PATH -ready-file PATH [-unseal-key-file PATH]
 //
 // The root token is read from the file named by -root-token-file (or from
-// the environment variable VAULT_DEV_ROOT_TOKEN_ID), never from argv. When
-// the server listens, it writes "ready http://ADDR\n" to -ready-file (and to
-// standard output).
+// the environment variable VAULT_DEV_ROOT_TOKEN_ID), never from argv. With
+// -unseal-key-file, the server writes its one unseal key share there,
+// hex-encoded (as the "keys" of Vault's sys/init answer) with a newline,
+// in a file that is mode 0600 from its creation; nothing else keeps it.
+// The server can then be sealed and unsealed through Vault's own HTTP API
+// (PUT /v1/sys/seal with the root token, PUT /v1/sys/unseal with the key),
+// and its in-memory storage, tokens included, outlives the seal. When the
+// server listens, it writes "ready http://ADDR\n" to -ready-file (and to
+// standard output), after the unseal key file.
 package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -26,6 +33,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -52,6 +60,7 @@ func run() error {
 	addr := flag.String("addr", "127.0.0.1:8200", "loopback address to listen on")
 	tokenFile := flag.String("root-token-file", "", "file holding the root token to create (default: $VAULT_DEV_ROOT_TOKEN_ID)")
 	readyFile := flag.String("ready-file", "", "file to write the ready marker to once listening")
+	unsealKeyFile := flag.String("unseal-key-file", "", "file to write the unseal key share to, hex-encoded, mode 0600 (default: the key is discarded)")
 	logLevel := flag.String("log-level", "warn", "log level: trace, debug, info, warn, error")
 	flag.Parse()
 
@@ -102,8 +111,14 @@ func run() error {
 	}
 
 	ctx := namespace.ContextWithNamespace(context.Background(), namespace.RootNamespace)
-	if err := bootstrap(ctx, core, rootToken); err != nil {
+	unsealKey, err := bootstrap(ctx, core, rootToken)
+	if err != nil {
 		return err
+	}
+	if *unsealKeyFile != "" {
+		if err := writePrivate(*unsealKeyFile, []byte(hex.EncodeToString(unsealKey)+"\n")); err != nil {
+			return fmt.Errorf("write unseal key file: %w", err)
+		}
 	}
 
 	ln, err := net.Listen("tcp", *addr)
@@ -143,32 +158,60 @@ func run() error {
 	return nil
 }
 
+// writePrivate writes data to path through a file that is mode 0600 from
+// its creation (os.CreateTemp), renamed over path once complete, so the
+// key is never in a file others may read, nor in a half-written one.
+func writePrivate(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) //nolint:errcheck // gone after the rename
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
 // bootstrap initialises and unseals the core with one share, replaces the
 // generated root token with rootToken, and mounts KV version 2 at secret/,
-// as Vault's dev mode does.
-func bootstrap(ctx context.Context, core *vault.Core, rootToken string) error {
+// as Vault's dev mode does. It returns the unseal key share.
+func bootstrap(ctx context.Context, core *vault.Core, rootToken string) ([]byte, error) {
 	init, err := core.Initialize(ctx, &vault.InitParams{
 		BarrierConfig: &vault.SealConfig{SecretShares: 1, SecretThreshold: 1, Name: "shamir"},
 	})
 	if err != nil {
-		return fmt.Errorf("initialize: %w", err)
+		return nil, fmt.Errorf("initialize: %w", err)
 	}
 	unsealed, err := core.Unseal(init.SecretShares[0])
 	if err != nil {
-		return fmt.Errorf("unseal: %w", err)
+		return nil, fmt.Errorf("unseal: %w", err)
 	}
 	if !unsealed {
-		return errors.New("unseal: core is still sealed")
+		return nil, errors.New("unseal: core is still sealed")
 	}
 	for i := 0; ; i++ {
 		if core.Sealed() {
-			return errors.New("unseal: core sealed again")
+			return nil, errors.New("unseal: core sealed again")
 		}
 		if standby, _ := core.Standby(); !standby {
 			break
 		}
 		if i == 100 {
-			return errors.New("unseal: core did not become active")
+			return nil, errors.New("unseal: core did not become active")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -184,14 +227,14 @@ func bootstrap(ctx context.Context, core *vault.Core, rootToken string) error {
 			"no_default_policy": true,
 		},
 	}); err != nil {
-		return fmt.Errorf("create root token: %w", err)
+		return nil, fmt.Errorf("create root token: %w", err)
 	}
 	if err := handle(ctx, core, &logical.Request{
 		Operation:   logical.UpdateOperation,
 		ClientToken: init.RootToken,
 		Path:        "auth/token/revoke-self",
 	}); err != nil {
-		return fmt.Errorf("revoke generated root token: %w", err)
+		return nil, fmt.Errorf("revoke generated root token: %w", err)
 	}
 	if err := handle(ctx, core, &logical.Request{
 		Operation:   logical.UpdateOperation,
@@ -204,9 +247,9 @@ func bootstrap(ctx context.Context, core *vault.Core, rootToken string) error {
 			"options":     map[string]string{"version": "2"},
 		},
 	}); err != nil {
-		return fmt.Errorf("mount kv v2 at secret/: %w", err)
+		return nil, fmt.Errorf("mount kv v2 at secret/: %w", err)
 	}
-	return nil
+	return init.SecretShares[0], nil
 }
 
 func handle(ctx context.Context, core *vault.Core, req *logical.Request) error {
