@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -52,7 +54,13 @@ type Vault struct {
 	// RunnerPolicy, without Vault's default policy.
 	RootToken   secret.Value
 	RunnerToken secret.Value
+	// UnsealKey is the server's one unseal key share, hex-encoded, as the
+	// server wrote it to the file unseal-key in Dir (mode 0600).
+	UnsealKey secret.Value
 }
+
+// UnsealKeyFile is the file in the Vault's directory holding its unseal key.
+const UnsealKeyFile = "unseal-key"
 
 // StartVault starts the Vault server from bin in dir on 127.0.0.1:port with
 // a fresh random root token, then creates the runner's policy and token.
@@ -71,8 +79,10 @@ func StartVault(ctx context.Context, bin, dir string, port int) (*Vault, error) 
 	}
 	ready := filepath.Join(dir, "ready")
 	_ = os.Remove(ready)
+	keyFile := filepath.Join(dir, UnsealKeyFile)
+	_ = os.Remove(keyFile)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	pid, err := daemon(bin, []string{"-addr", addr, "-root-token-file", tokenFile, "-ready-file", ready},
+	pid, err := daemon(bin, []string{"-addr", addr, "-root-token-file", tokenFile, "-ready-file", ready, "-unseal-key-file", keyFile},
 		minimalEnv(), filepath.Join(dir, "vault.log"))
 	if err != nil {
 		return nil, fmt.Errorf("start vault: %w", err)
@@ -85,6 +95,10 @@ func StartVault(ctx context.Context, bin, dir string, port int) (*Vault, error) 
 	defer cancel()
 	if _, err := waitFile(wctx, ready, pid, "vault"); err != nil {
 		return nil, fmt.Errorf("start vault: %w%s", err, fileTail(filepath.Join(dir, "vault.log")))
+	}
+	// The server writes the key before it says it is ready.
+	if v.UnsealKey, err = readSecret(keyFile); err != nil {
+		return v, fmt.Errorf("start vault: %w", err)
 	}
 	if err := v.createRunnerToken(ctx); err != nil {
 		return nil, err
@@ -153,17 +167,78 @@ func (v *Vault) PutKV(ctx context.Context, path string, fields map[string]secret
 	return nil
 }
 
-// loadVault reads a running server's tokens back from dir.
+// loadVault reads a running server's tokens and unseal key back from dir.
+// A server started before the lab kept its unseal key has none: it runs,
+// and only Unseal refuses.
 func loadVault(dir, addr string, pid int) (*Vault, error) {
 	v := &Vault{Dir: dir, Addr: addr, PID: pid}
-	for name, dst := range map[string]*secret.Value{"root-token": &v.RootToken, "runner-token": &v.RunnerToken} {
+	for name, dst := range map[string]*secret.Value{"root-token": &v.RootToken, "runner-token": &v.RunnerToken, UnsealKeyFile: &v.UnsealKey} {
 		b, err := os.ReadFile(filepath.Join(dir, name))
+		if errors.Is(err, fs.ErrNotExist) && name == UnsealKeyFile {
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("load vault: %w", err)
 		}
 		*dst = secret.New(strings.TrimSpace(string(b)))
 	}
 	return v, nil
+}
+
+// Seal seals the server through Vault's API (sys/seal, as root): it then
+// answers every request but sys/unseal, sys/seal-status and sys/health
+// with 503 "Vault is sealed". Its in-memory storage stays; Unseal opens it
+// again.
+func (v *Vault) Seal(ctx context.Context) error {
+	c, err := v.Client(v.RootToken)
+	if err != nil {
+		return fmt.Errorf("seal vault at %s: %w", v.Addr, err)
+	}
+	if err := c.Sys().SealWithContext(ctx); err != nil {
+		return fmt.Errorf("seal vault at %s: %w", v.Addr, err)
+	}
+	st, err := c.Sys().SealStatusWithContext(ctx)
+	if err != nil {
+		return fmt.Errorf("seal vault at %s: seal status: %w", v.Addr, err)
+	}
+	if !st.Sealed {
+		return fmt.Errorf("seal vault at %s: still unsealed", v.Addr)
+	}
+	return nil
+}
+
+// Unseal unseals the server with its unseal key (sys/unseal) and waits
+// until it answers as the active node (sys/health: unsealed, not standby).
+func (v *Vault) Unseal(ctx context.Context) error {
+	if v.UnsealKey.IsZero() {
+		return fmt.Errorf("unseal vault at %s: no unseal key", v.Addr)
+	}
+	c, err := v.Client(secret.Value{})
+	if err != nil {
+		return fmt.Errorf("unseal vault at %s: %w", v.Addr, err)
+	}
+	st, err := c.Sys().UnsealWithContext(ctx, v.UnsealKey.Reveal())
+	if err != nil {
+		// Vault's messages name no key; the error is Vault's answer.
+		return fmt.Errorf("unseal vault at %s: %w", v.Addr, err)
+	}
+	if st.Sealed {
+		return fmt.Errorf("unseal vault at %s: still sealed after the key (%d of %d shares)", v.Addr, st.Progress, st.T)
+	}
+	for {
+		h, err := c.Sys().HealthWithContext(ctx)
+		if err == nil && h.Initialized && !h.Sealed && !h.Standby {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = fmt.Errorf("sealed %v, standby %v", h.Sealed, h.Standby)
+			}
+			return fmt.Errorf("unseal vault at %s: not active: %w (%w)", v.Addr, err, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // Stop ends the server. Vault keeps everything in memory: it is gone.
