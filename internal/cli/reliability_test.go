@@ -112,8 +112,20 @@ func newLabRun(t *testing.T) *labRun {
 
 func newMatrixRun(t *testing.T, rb matrixRunbook) *labRun {
 	t.Helper()
+	return newMatrixRunState(t, rb, nil)
+}
+
+// newMatrixRunState is newMatrixRun with the workdir's state store given
+// by stateURL (for example a database of the lab's own PostgreSQL
+// cluster); nil keeps the workdir's state directory.
+func newMatrixRunState(t *testing.T, rb matrixRunbook, stateURL func(t *testing.T, lb *lab.Lab) string) *labRun {
+	t.Helper()
 	lb := labtest.Full(t, 3)
-	w := newWorkdir(t, "", nil)
+	url := ""
+	if stateURL != nil {
+		url = stateURL(t, lb)
+	}
+	w := newWorkdir(t, url, nil)
 	watch := watchLeaks(t, lb, w.bin)
 	env := append(labRunbookEnv(t, lb), watch.env()...)
 	r := &labRun{rb: rb, lb: lb, w: w, env: env, watch: watch, rulesBefore: map[string]string{}}
