@@ -79,6 +79,9 @@ var (
 	ErrAddressNotAllowed = errors.New("address not allowed to receive the vault token")
 	// ErrPermission means Vault refused the token for this request (403).
 	ErrPermission = errors.New("permission denied")
+	// ErrSealed means Vault answered that it is sealed (503): it serves
+	// nothing until an operator unseals it.
+	ErrSealed = errors.New("vault is sealed")
 )
 
 // CASError reports a check-and-set conflict: the path's current version was
@@ -129,6 +132,10 @@ type APIError struct {
 	Path       string
 	StatusCode int
 	Messages   []string
+	// Address is the server that answered. The error names it for a
+	// server error (5xx: sealed, unavailable), which is about the server,
+	// not the request.
+	Address string
 }
 
 func (e *APIError) Error() string {
@@ -136,10 +143,14 @@ func (e *APIError) Error() string {
 	if len(msg) > 300 {
 		msg = msg[:300] + "..."
 	}
-	if msg == "" {
-		return fmt.Sprintf("vault %s %s: http %d", e.Op, e.Path, e.StatusCode)
+	at := ""
+	if e.StatusCode >= 500 && e.Address != "" {
+		at = " at " + e.Address
 	}
-	return fmt.Sprintf("vault %s %s: http %d: %s", e.Op, e.Path, e.StatusCode, msg)
+	if msg == "" {
+		return fmt.Sprintf("vault %s %s%s: http %d", e.Op, e.Path, at, e.StatusCode)
+	}
+	return fmt.Sprintf("vault %s %s%s: http %d: %s", e.Op, e.Path, at, e.StatusCode, msg)
 }
 
 // Unwrap maps status codes to sentinels.
@@ -149,6 +160,12 @@ func (e *APIError) Unwrap() error {
 		return ErrPermission
 	case http.StatusNotFound:
 		return ErrNotFound
+	case http.StatusServiceUnavailable:
+		for _, m := range e.Messages {
+			if strings.Contains(m, "Vault is sealed") {
+				return ErrSealed
+			}
+		}
 	}
 	return nil
 }
@@ -587,7 +604,7 @@ func (c *Client) wrapAPI(op, path string, err error) error {
 			// A raw body is not Vault's; it could be anything.
 			msgs = []string{"unparsable response body"}
 		}
-		return &APIError{Op: op, Path: path, StatusCode: re.StatusCode, Messages: msgs}
+		return &APIError{Op: op, Path: path, StatusCode: re.StatusCode, Messages: msgs, Address: c.address}
 	}
 	if !strings.Contains(err.Error(), c.address) {
 		return fmt.Errorf("vault %s %s at %s: %w", op, path, c.address, err)

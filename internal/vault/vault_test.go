@@ -50,6 +50,43 @@ func TestAgainstVault(t *testing.T) {
 	t.Run("AppRole", func(t *testing.T) { testAppRole(t, v) })
 	t.Run("TokenSources", func(t *testing.T) { testTokenSources(t, v) })
 	t.Run("ReadCurrent", func(t *testing.T) { testReadCurrent(t, v) })
+	t.Run("Sealed", func(t *testing.T) { testSealed(t, v) })
+}
+
+// testSealed: once Vault is sealed, reads and writes fail with ErrSealed,
+// and the error names the operation, the path, the server and that it is
+// sealed; once unsealed, the same client works again.
+func testSealed(t *testing.T, v *lab.Vault) {
+	c := runner(t, v)
+	ctx := ctx(t)
+	p := "litellm/test/sealed"
+	k := secret.New("sk-sealed-0123456789")
+	if err := v.Seal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := v.Unseal(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+	_, werr := c.Write(ctx, p, vault.Data{Secrets: map[string]secret.Value{"key": k}}, 0)
+	_, rerr := c.Read(ctx, p)
+	for _, err := range []error{werr, rerr} {
+		if !errors.Is(err, vault.ErrSealed) {
+			t.Fatalf("sealed Vault: %v, want ErrSealed", err)
+		}
+		noSecrets(t, err, k, v.RunnerToken, v.RootToken, v.UnsealKey)
+	}
+	want := "vault write secret/" + p + " at " + v.Addr + ": http 503: Vault is sealed"
+	if werr.Error() != want {
+		t.Errorf("write to the sealed Vault: %q, want %q", werr, want)
+	}
+	if err := v.Unseal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Write(ctx, p, vault.Data{Secrets: map[string]secret.Value{"key": k}}, 0); err != nil || n != 1 {
+		t.Fatalf("write after the unseal: version %d, %v", n, err)
+	}
 }
 
 func runner(t *testing.T, v *lab.Vault) *vault.Client {
