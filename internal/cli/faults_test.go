@@ -594,24 +594,31 @@ func netnsCmdlines(g *lab.Gateway, s string) []string {
 	return found
 }
 
-// --- 3. Vault stopped mid-run -------------------------------------------
+// --- 3. Vault stopped, hung or sealed mid-run -----------------------------
 
 // vaultFront stands between the runner and the lab's Vault, as the network
-// path to a Vault server does. Stopping it is, to the runner, Vault
-// stopping: every connection is cut and new ones are refused. Hanging it is
-// Vault hanging: connections are accepted and nothing is answered. The
-// lab's Vault server keeps its storage in memory and discards its unseal
-// key, so neither stopping the real process nor sealing it could be undone;
-// behind this front it keeps what it stored, as a restarted Vault with
-// durable storage does.
+// path to a Vault server does, and counts the virtual-key writes Vault
+// answers, to put a fault at a fixed point of the re-issue. Stopping it is,
+// to the runner, Vault stopping: every connection is cut and new ones are
+// refused. Hanging it is Vault hanging: connections are accepted and
+// nothing is answered. The lab's Vault server keeps its storage in memory,
+// so stopping the real process could not be undone; behind this front it
+// keeps what it stored, as a restarted Vault with durable storage does.
+// Sealing is real: the front seals the lab's Vault through Vault's API
+// and passes every request on, so the runner talks to the sealed Vault
+// itself; the lab keeps the unseal key, and unsealing it gives back
+// everything it stored.
 type vaultFront struct {
 	addr   string // 127.0.0.1:PORT
 	target *url.URL
+	vault  *lab.Vault
 	// After this many virtual-key writes answered by Vault, the front
-	// stops (hang false) or hangs (hang true); the answer to the last one
-	// never reaches the runner.
+	// stops, hangs (the answer to the last one never reaches the runner)
+	// or seals Vault (before the answer to the last one reaches the
+	// runner, which gets it).
 	faultAfter int
-	hang       bool
+	fault      frontFault
+	sealErr    error // from sealing Vault, once faulted
 
 	mu      sync.Mutex
 	srv     *http.Server
@@ -620,13 +627,22 @@ type vaultFront struct {
 	faulted chan struct{} // closed once the fault is in
 }
 
-func newVaultFront(t *testing.T, vaultAddr string, faultAfter int, hang bool) *vaultFront {
+// frontFault is what a vaultFront does after its faultAfter-th write.
+type frontFault int
+
+const (
+	frontStop frontFault = iota // cut every connection, refuse new ones
+	frontHang                   // accept connections, answer nothing
+	frontSeal                   // seal the lab's Vault, pass everything on
+)
+
+func newVaultFront(t *testing.T, v *lab.Vault, faultAfter int, fault frontFault) *vaultFront {
 	t.Helper()
-	u, err := url.Parse(vaultAddr)
+	u, err := url.Parse(v.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &vaultFront{target: u, faultAfter: faultAfter, hang: hang, faulted: make(chan struct{})}
+	f := &vaultFront{target: u, vault: v, faultAfter: faultAfter, fault: fault, faulted: make(chan struct{})}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -651,24 +667,32 @@ func (f *vaultFront) serve(ln net.Listener) {
 			proxy.ServeHTTP(w, req)
 			return
 		}
-		// Forward, and once the faultAfter-th write is answered, stop or
-		// hang before the answer reaches the runner.
+		// Forward, and once the faultAfter-th write is answered, stop,
+		// hang or seal Vault before the answer reaches the runner.
 		rec := &heldResponse{header: http.Header{}}
 		proxy.ServeHTTP(rec, req)
 		f.mu.Lock()
 		f.writes++
 		fault := f.writes == f.faultAfter
-		if fault && f.hang {
+		if fault && f.fault == frontHang {
 			f.hung = make(chan struct{})
+		}
+		if fault && f.fault == frontSeal {
+			// Under the lock: no other write passes before Vault is sealed.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			f.sealErr = f.vault.Seal(ctx)
+			cancel()
 		}
 		f.mu.Unlock()
 		if fault {
 			close(f.faulted)
-			if !f.hang {
+			switch f.fault {
+			case frontStop:
 				go f.stop()
 				panic(http.ErrAbortHandler)
+			case frontHang:
+				f.waitHung(req)
 			}
-			f.waitHung(req)
 		}
 		for k, v := range rec.header {
 			w.Header()[k] = v
@@ -779,7 +803,7 @@ func (r *faultRun) useVaultFront(t *testing.T, f *vaultFront) {
 // its answer reached the runner; it stays stopped until the runner gives
 // up, then comes back and the run is resumed.
 func faultVaultStopped(t *testing.T, r *faultRun) {
-	f := newVaultFront(t, r.lb.Vault.Addr, 10, false)
+	f := newVaultFront(t, r.lb.Vault, 10, frontStop)
 	r.useVaultFront(t, f)
 	b := r.startExec(t)
 	waitFault(t, b, f)
@@ -797,7 +821,7 @@ func faultVaultStopped(t *testing.T, r *faultRun) {
 // (its Vault client's request timeout, 30s, and retries), then answers
 // again and the run is resumed.
 func faultVaultHung(t *testing.T, r *faultRun) {
-	f := newVaultFront(t, r.lb.Vault.Addr, 10, true)
+	f := newVaultFront(t, r.lb.Vault, 10, frontHang)
 	r.useVaultFront(t, f)
 	b := r.startExec(t)
 	waitFault(t, b, f)
@@ -807,6 +831,45 @@ func faultVaultHung(t *testing.T, r *faultRun) {
 	r.checkNothingLost(t, id)
 
 	f.release()
+	r.resume(t, id)
+}
+
+// faultVaultSealed seals the lab's Vault (see vaultFront) at the same
+// point: right after it stored the 10th new virtual key, before its answer
+// reaches the runner. The runner gets that answer, then talks to the
+// sealed Vault until it gives up. Vault is unsealed with the lab's key
+// (checkNothingLost reads Vault, and a sealed Vault answers nothing; the
+// runner has ended, so nothing changes in between) and the run is resumed.
+func faultVaultSealed(t *testing.T, r *faultRun) {
+	f := newVaultFront(t, r.lb.Vault, 10, frontSeal)
+	r.useVaultFront(t, f)
+	b := r.startExec(t)
+	waitFault(t, b, f)
+	f.mu.Lock()
+	sealErr := f.sealErr
+	f.mu.Unlock()
+	if sealErr != nil {
+		t.Fatal(sealErr)
+	}
+	b.wait(t, r, "exec")
+	r.checkError(t, b, ExitFailed, "step reissue", f.addr, "Vault is sealed")
+
+	ctx, cancel := context.WithTimeout(context.Background(), faultWait)
+	defer cancel()
+	root, err := r.lb.Vault.Client(r.lb.Vault.RootToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := root.Sys().SealStatusWithContext(ctx); err != nil || !st.Sealed {
+		t.Fatalf("Vault once the run failed: %+v %v, want sealed", st, err)
+	}
+	start := time.Now()
+	if err := r.lb.Vault.Unseal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Vault unsealed and active in %v", time.Since(start).Round(time.Millisecond))
+	id := r.runID(t)
+	r.checkNothingLost(t, id)
 	r.resume(t, id)
 }
 
@@ -1190,6 +1253,7 @@ var faults = []fault{
 	{name: "link-down-during-rollout", run: faultLinkDown},
 	{name: "vault-stopped-during-reissue", run: faultVaultStopped},
 	{name: "vault-hung-during-reissue", run: faultVaultHung, full: true},
+	{name: "vault-sealed-during-reissue", run: faultVaultSealed},
 	{name: "postgres-restarted-during-reissue", run: faultPostgresRestart},
 	{name: "state-dir-full-during-reissue", run: stateFull("reissue")},
 	{name: "state-dir-read-only-during-reencrypt", run: stateReadOnly("reencrypt")},

@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"io/fs"
@@ -39,7 +41,8 @@ import (
 //     must hold no secret; any other lab file that holds one (the
 //     gateways' litellm.env, its .prev copy and the temporary files the
 //     rollout writes beside them, copied while the run works, and the
-//     lab's own key files) must be 0600.
+//     lab's own key files, Vault's tokens and unseal key among them) must
+//     be 0600.
 // A hit names the secret by fingerprint, never by value.
 
 // leakWatchInterval is the pause between two samples of /proc/*/cmdline;
@@ -454,12 +457,17 @@ func (m *leakMatcher) find(b []byte) []string {
 }
 
 // labSecrets are the secrets the lab itself holds: the master key, Vault's
-// tokens, every seeded virtual key (and grace key), the credentials stored
-// encrypted at rest, and the lines of the runner's SSH private key.
+// tokens and unseal key (hex, as its file holds it, and base64, which
+// Vault's sys/unseal takes too), every seeded virtual key (and grace key),
+// the credentials stored encrypted at rest, and the lines of the runner's
+// SSH private key.
 func labSecrets(lb *lab.Lab) []secret.Value {
 	out := []secret.Value{lb.MasterKey, lb.SaltKey}
 	if lb.Vault != nil {
-		out = append(out, lb.Vault.RootToken, lb.Vault.RunnerToken)
+		out = append(out, lb.Vault.RootToken, lb.Vault.RunnerToken, lb.Vault.UnsealKey)
+		if raw, err := hex.DecodeString(lb.Vault.UnsealKey.Reveal()); err == nil && len(raw) > 0 {
+			out = append(out, secret.New(base64.StdEncoding.EncodeToString(raw)))
+		}
 	}
 	if lb.Seed != nil {
 		for _, k := range lb.Seed.Keys {
