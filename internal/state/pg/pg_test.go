@@ -208,3 +208,147 @@ func BenchmarkAppend(b *testing.B) {
 	defer s.Close()
 	statetest.BenchAppend(b, s)
 }
+
+// TestLockRace starts its own cluster: runners taking the same lock at
+// once.
+func TestLockRace(t *testing.T) {
+	pg := labtest.Postgres(t)
+	ctx := context.Background()
+	url := pg.URL("postgres")
+
+	// A holder that is slow between taking the lock and writing its row
+	// (descheduled on a loaded machine) must still be named to a runner
+	// that finds the lock taken meanwhile, not an empty holder.
+	t.Run("SlowHolder", func(t *testing.T) {
+		s1, s2 := mustOpen(t, url), mustOpen(t, url)
+		target := statetest.NewID("slow")
+		h1 := state.Holder{RunID: statetest.NewID("r"), Operator: "alice", PID: 11, Since: t0}
+		locked := make(chan struct{})
+		proceed := make(chan struct{})
+		testHookLocked = func() {
+			close(locked)
+			<-proceed
+		}
+		t.Cleanup(func() { testHookLocked = nil })
+		type result struct {
+			l   state.Lock
+			err error
+		}
+		first := make(chan result, 1)
+		go func() {
+			l, err := s1.Lock(ctx, target, h1)
+			first <- result{l, err}
+		}()
+		<-locked
+		testHookLocked = nil
+		second := make(chan error, 1)
+		go func() {
+			_, err := s2.Lock(ctx, target, state.Holder{RunID: statetest.NewID("r"), Operator: "bob", PID: 12, Since: t0})
+			second <- err
+		}()
+		time.Sleep(time.Second) // far beyond any wait for a missing holder row
+		close(proceed)
+		r := <-first
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		defer r.l.Release(ctx)
+		err := <-second
+		var held *state.LockHeldError
+		if !errors.As(err, &held) {
+			t.Fatalf("second Lock: %v, want a LockHeldError", err)
+		}
+		if held.Holder.RunID != h1.RunID || held.Holder.PID != 11 || held.Holder.Operator != "alice" {
+			t.Fatalf("second Lock names %v, want %v", held.Holder, h1)
+		}
+	})
+
+	// A holder that releases the lock just after another runner found it
+	// taken: that runner must still name the holder.
+	t.Run("ReleaseWhileRefused", func(t *testing.T) {
+		s1, s2 := mustOpen(t, url), mustOpen(t, url)
+		target := statetest.NewID("rel")
+		h1 := state.Holder{RunID: statetest.NewID("r"), Operator: "alice", PID: 21, Since: t0}
+		l1, err := s1.Lock(ctx, target, h1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refused := make(chan struct{})
+		proceed := make(chan struct{})
+		testHookRefused = func() {
+			close(refused)
+			<-proceed
+		}
+		t.Cleanup(func() { testHookRefused = nil })
+		second := make(chan error, 1)
+		go func() {
+			_, err := s2.Lock(ctx, target, state.Holder{RunID: statetest.NewID("r"), Operator: "bob", PID: 22, Since: t0})
+			second <- err
+		}()
+		<-refused
+		testHookRefused = nil
+		released := make(chan error, 1)
+		go func() { released <- l1.Release(ctx) }()
+		time.Sleep(time.Second)
+		close(proceed)
+		err = <-second
+		var held *state.LockHeldError
+		if !errors.As(err, &held) || held.Holder.RunID != h1.RunID || held.Holder.PID != 21 {
+			t.Fatalf("second Lock: %v, want the lock held by %s (pid 21)", err, h1.RunID)
+		}
+		if err := <-released; err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	// Many runners at once: exactly one takes the lock; every other is
+	// refused naming it.
+	t.Run("Many", func(t *testing.T) {
+		const n = 8
+		stores := make([]*Store, n)
+		for i := range stores {
+			stores[i] = mustOpen(t, url)
+		}
+		for round := 0; round < 5; round++ {
+			target := statetest.NewID("many")
+			locks := make([]state.Lock, n)
+			errs := make([]error, n)
+			ids := make([]string, n)
+			start := make(chan struct{})
+			var wg sync.WaitGroup
+			for i := range stores {
+				ids[i] = statetest.NewID("r")
+				wg.Go(func() {
+					<-start
+					locks[i], errs[i] = stores[i].Lock(ctx, target, state.Holder{RunID: ids[i], Operator: "op", PID: 100 + i, Since: t0})
+				})
+			}
+			close(start)
+			wg.Wait()
+			winner := -1
+			for i := range stores {
+				if errs[i] == nil {
+					if winner >= 0 {
+						t.Fatalf("round %d: runners %d and %d both hold the lock", round, winner, i)
+					}
+					winner = i
+				}
+			}
+			if winner < 0 {
+				t.Fatalf("round %d: nobody took the lock: %v", round, errs)
+			}
+			for i := range stores {
+				if i == winner {
+					continue
+				}
+				var held *state.LockHeldError
+				if !errors.As(errs[i], &held) || held.Holder.RunID != ids[winner] || held.Holder.PID != 100+winner {
+					t.Errorf("round %d: runner %d: %v, want the lock held by %s (pid %d)", round, i, errs[i], ids[winner], 100+winner)
+				}
+			}
+			if err := locks[winner].Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
