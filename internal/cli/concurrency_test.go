@@ -210,6 +210,9 @@ func checkRefused(t *testing.T, losers []*racer, released time.Time, runID strin
 				t.Errorf("runner pid %d: the lock-held error does not say %q:\n%s", x.cmd.Process.Pid, want, x.errb.String())
 			}
 		}
+		if out := strings.TrimSpace(x.out.String()); out != "" {
+			t.Errorf("runner pid %d was refused but printed on stdout:\n%s", x.cmd.Process.Pid, out)
+		}
 		if d := x.end.Sub(released); d > slowest {
 			slowest = d
 		}
@@ -251,18 +254,23 @@ func advisoryHeld(ctx context.Context, conn *pgx.Conn, key int64) (bool, error) 
 	return n > 0, err
 }
 
-// waitLockFree waits until no session holds the advisory lock key and a
-// new session can take it (it lets it go at once), and returns how long
-// that took.
-func waitLockFree(t *testing.T, stateURL string, key int64) time.Duration {
+// killAndWaitLockFree checks that a session holds the advisory lock key,
+// kills its holder (kill), then waits until no session holds the lock and
+// a new session can take it (it lets it go at once); it returns how long
+// that took from the kill.
+func killAndWaitLockFree(t *testing.T, stateURL string, key int64, kill func()) time.Duration {
 	t.Helper()
 	ctx := context.Background()
-	start := time.Now()
 	conn, err := pgx.Connect(ctx, stateURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
+	if held, err := advisoryHeld(ctx, conn, key); err != nil || !held {
+		t.Fatalf("the advisory lock of %s is not held before the kill (%v)", concurrencyTarget, err)
+	}
+	start := time.Now()
+	kill()
 	for {
 		held, err := advisoryHeld(ctx, conn, key)
 		if err != nil {
@@ -274,16 +282,17 @@ func waitLockFree(t *testing.T, stateURL string, key int64) time.Duration {
 				t.Fatal(err)
 			}
 			if got {
+				took := time.Since(start)
 				if _, err := conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, key); err != nil {
 					t.Fatal(err)
 				}
-				return time.Since(start)
+				return took
 			}
 		}
 		if time.Since(start) > 30*time.Second {
 			t.Fatalf("the advisory lock of %s is still held %v after its holder was killed", concurrencyTarget, time.Since(start).Round(time.Millisecond))
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -552,11 +561,12 @@ func concurrencyRound(t *testing.T, n int, f *concurrencyFigures) {
 	}
 
 	// 3. SIGKILL the holder while it waits.
-	if err := winner.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
+	f.freed = killAndWaitLockFree(t, stateURL, key, func() {
+		if err := winner.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	})
 	<-winner.done
-	f.freed = waitLockFree(t, stateURL, key)
 	t.Logf("holder killed: its advisory lock free after %v", f.freed.Round(time.Millisecond))
 	checkOneRun(t, r, id, journal.StatusInterrupted)
 	keep("exec", rs)
