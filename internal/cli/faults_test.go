@@ -678,7 +678,9 @@ func (f *vaultFront) serve(ln net.Listener) {
 			f.hung = make(chan struct{})
 		}
 		if fault && f.fault == frontSeal {
-			// Under the lock: no other write passes before Vault is sealed.
+			// The answer waits until Vault is sealed. Writes the runner
+			// sent meanwhile (it writes several at once) may land before
+			// the seal, as they would when an operator seals a Vault.
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			f.sealErr = f.vault.Seal(ctx)
 			cancel()
