@@ -2,6 +2,8 @@ module github.com/runbook-dev/runbook
 
 go 1.26.8
 
+toolchain go1.27.3
+
 require (
 	github.com/coreos/go-iptables v0.8.0
 	github.com/hashicorp/vault/api v1.23.0
@@ -18,7 +20,7 @@ require (
 
 require (
 	github.com/cenkalti/backoff/v4 v4.3.0 // indirect
-	github.com/go-jose/go-jose/v4 v4.1.1 // indirect
+	github.com/go-jose/go-jose/v4 v4.1.9 // indirect
 	github.com/hashicorp/errwrap v1.1.0 // indirect
 	github.com/hashicorp/go-cleanhttp v0.5.2 // indirect
 	github.com/hashicorp/go-multierror v1.1.1 // indirect

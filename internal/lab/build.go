@@ -171,7 +171,11 @@ func VaultBinary(ctx context.Context) (string, error) {
 		start := time.Now()
 		cmd := exec.CommandContext(ctx, "go", "build", "-buildvcs=false", "-o", tmp, ".")
 		cmd.Dir = src
-		cmd.Env = append(os.Environ(), "GOWORK=off")
+		// The machine's own Go (GOTOOLCHAIN=local), whatever toolchain
+		// runs the project: the server only serves the lab on loopback and
+		// is never shipped, and its cold build (minutes) stays in the
+		// build cache when the project's toolchain changes.
+		cmd.Env = append(os.Environ(), "GOWORK=off", "GOTOOLCHAIN=local")
 		b, err := cmd.CombinedOutput()
 		if err != nil {
 			_ = os.Remove(tmp)
