@@ -896,15 +896,7 @@ func waitFault(t *testing.T, b *bgRun, f *vaultFront) {
 // fast) while that transaction is open.
 func faultPostgresRestart(t *testing.T, r *faultRun) {
 	lb := r.lb
-	b := r.startExec(t)
-	r.waitRecord(t, b, "the intent of reissue", isRecord(journal.TIntent, "reissue"))
-	l := lockTables(t, lb, stepTables["reissue"]...)
-	for _, rec := range r.journalNow() {
-		if rec.Step == "reissue" && rec.Type != journal.TIntent {
-			t.Fatalf("the re-issue ended (%s) before the test took its lock", rec.Type)
-		}
-	}
-	l.waitWaiter(t, "the re-issue")
+	b, _ := r.startHeld(t, "reissue")
 	pgRestart(t, lb)
 
 	code := b.wait(t, r, "exec")
@@ -987,6 +979,53 @@ func atRestTables() []string {
 var stepTables = map[string][]string{
 	"reencrypt": atRestTables(),
 	"reissue":   {litellm.TableVerificationToken},
+}
+
+// holdFrom says when the test can lock a step's tables: before the run
+// starts for the re-encryption (no earlier step writes the database, and
+// its observation reads without locking), once the re-encryption is done
+// for the re-issue (the re-encryption writes the virtual key table too;
+// the re-issue then still observes and stores its new keys in Vault
+// before it writes the table). A lock taken only at the step's intent
+// could come after a quick step had already committed, and the fault
+// would land on a later step.
+var holdFrom = map[string]string{"reencrypt": "", "reissue": "reencrypt"}
+
+// startHeld starts compromise-master with stepID held between its intent
+// and its commit: it returns once the step waits on the test's lock on its
+// tables, with its intent journaled and no outcome.
+func (r *faultRun) startHeld(t *testing.T, stepID string) (*bgRun, *tableLock) {
+	t.Helper()
+	prev, ok := holdFrom[stepID]
+	if !ok {
+		t.Fatalf("no way to hold step %s", stepID)
+	}
+	var l *tableLock
+	if prev == "" {
+		l = lockTables(t, r.lb, stepTables[stepID]...)
+	}
+	b := r.startExec(t)
+	if prev != "" {
+		r.waitRecord(t, b, prev+" done", func(rec journal.Record) bool {
+			return rec.Step == prev && (rec.Type == journal.TDone || rec.Type == journal.TSkipped)
+		})
+		l = lockTables(t, r.lb, stepTables[stepID]...)
+	}
+	r.waitRecord(t, b, "the intent of "+stepID, isRecord(journal.TIntent, stepID))
+	l.waitWaiter(t, "step "+stepID)
+	last := ""
+	for _, rec := range r.journalNow() {
+		if rec.Step == stepID && rec.Type != journal.TIntent && rec.Type != journal.TNote {
+			t.Fatalf("step %s ended (%s) while the test held its tables", stepID, rec.Type)
+		}
+		if rec.Type == journal.TIntent {
+			last = rec.Step
+		}
+	}
+	if last != stepID {
+		t.Fatalf("the lock holds step %s, not %s", last, stepID)
+	}
+	return b, l
 }
 
 func pgRestart(t *testing.T, lb *lab.Lab) {
@@ -1130,10 +1169,7 @@ func faultStateReadOnly(t *testing.T, r *faultRun, stepID string) {
 		labtest.Missing(t, "ext4 has no trigger_fs_error here: "+err.Error())
 	}
 
-	b := r.startExec(t)
-	r.waitRecord(t, b, "the intent of "+stepID, isRecord(journal.TIntent, stepID))
-	l := lockTables(t, r.lb, stepTables[stepID]...)
-	l.waitWaiter(t, "step "+stepID)
+	b, l := r.startHeld(t, stepID)
 	if err := os.WriteFile(trigger, []byte("runbook reliability: state directory fault\n"), 0o200); err != nil {
 		t.Fatalf("trigger the file system error: %v", err)
 	}
