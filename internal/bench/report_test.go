@@ -416,8 +416,17 @@ func (r *Results) timeSection(b *strings.Builder, ts []target) {
 			}
 		}
 		fmt.Fprintf(b, "  took %s, against the 5.5 s tuned and 6.65 s stock measured before the project: its\n", strings.Join(runs, " and "))
-		b.WriteString("  workers and the Python each task starts on every gateway need the same 2 cores. The rest is the lab, the\n")
-		b.WriteString("  restores between runs (each way starts from the same state) and the other scenarios.\n")
+		b.WriteString("  workers and the Python each task starts on every gateway need the same 2 cores.")
+		if s := r.find(wayAnsible, 1); s != nil {
+			fmt.Fprintf(b, " On 1 gateway, where nothing\n  competes, one tuned run took %.2f s against the 1.09 s measured before the project. Traced with\n", s.Median)
+			b.WriteString("  `strace -f -tt -e trace=execve` (2026-11-28, 1 gateway): the controller takes about 0.45 s to start and\n")
+			b.WriteString("  1 s more before its first ssh (inventory, playbook, an `ssh -o ControlPersist` probe, `ldconfig -p`), then\n")
+			b.WriteString("  about 0.1 s for each of its two Python discovery commands and 0.5 to 1 s for each module it runs (the\n")
+			b.WriteString("  command, then iptables twice).")
+		}
+		fmt.Fprintf(b, " The other %.1f minutes are the labs, the restores between runs\n", (r.Elapsed-a)/60)
+		b.WriteString("  (each way starts from the same state) and the other scenarios. With the issue's settings and a warm-up\n")
+		b.WriteString("  plus 5 timed runs of every way, ansible-playbook alone takes more than half the 15-minute budget here.\n")
 	}
 	if p := r.Plan; p != nil && p.Seconds.ok() {
 		fmt.Fprintf(b, "- Plan (%s): %.3f s of wall time, %.3f s of runner CPU: the plan waits on its observations (SSH to every\n",
