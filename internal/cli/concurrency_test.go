@@ -104,14 +104,7 @@ func startRacers(t *testing.T, r *labRun, n int, args ...string) []*racer {
 		go func() {
 			err := x.cmd.Wait()
 			x.end = time.Now()
-			if ee, ok := err.(*exec.ExitError); ok {
-				x.code = ee.ExitCode()
-				if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-					x.code = 128 + int(ws.Signal())
-				}
-			} else if err != nil {
-				x.code = -1
-			}
+			x.code = processExit(err)
 			close(x.done)
 		}()
 		t.Cleanup(func() {

@@ -83,15 +83,7 @@ func (r *faultRun) startExec(t *testing.T) *bgRun {
 	go func() {
 		err := b.cmd.Wait()
 		b.end = time.Now()
-		b.code = 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			b.code = ee.ExitCode()
-			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				b.code = 128 + int(ws.Signal())
-			}
-		} else if err != nil {
-			b.code = -1
-		}
+		b.code = processExit(err)
 		close(b.done)
 	}()
 	t.Cleanup(func() {

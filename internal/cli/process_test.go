@@ -90,16 +90,26 @@ func (w *workdir) run(env []string, args ...string) (stdout, stderr string, code
 	var o, e bytes.Buffer
 	c.Stdout, c.Stderr = &o, &e
 	err := c.Run()
-	code = 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			code = 128 + int(ws.Signal())
-		}
-	} else if err != nil {
+	if code = processExit(err); code < 0 {
 		w.t.Fatal(err)
 	}
 	return o.String(), e.String(), code
+}
+
+// processExit is the exit code of a command that ran (err from its Wait or
+// Run): 128+N for one killed by signal N, as a shell says, and -1 when it
+// did not run.
+func processExit(err error) int {
+	if ee, ok := err.(*exec.ExitError); ok {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal())
+		}
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
 }
 
 func (w *workdir) store() state.Store {
