@@ -289,88 +289,6 @@ func killAndWaitLockFree(t *testing.T, stateURL string, key int64, kill func()) 
 	}
 }
 
-// blockedOnTableLock counts the sessions of the lab's PostgreSQL that wait
-// on a lock whose chain of blockers (pg_blocking_pids) leads to the
-// test's table lock, and returns what the first of them runs.
-func blockedOnTableLock(t *testing.T, lb *lab.Lab, l *tableLock) (int, string) {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, lb.DatabaseURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, `SELECT pid, pg_blocking_pids(pid), left(query, 160) FROM pg_stat_activity
-		WHERE wait_event_type = 'Lock' ORDER BY backend_start`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blockers := map[int32][]int32{}
-	queries := map[int32]string{}
-	var order []int32
-	for rows.Next() {
-		var pid int32
-		var by []int32
-		var q string
-		if err := rows.Scan(&pid, &by, &q); err != nil {
-			t.Fatal(err)
-		}
-		blockers[pid], queries[pid] = by, q
-		order = append(order, pid)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	holder := int32(l.conn.PgConn().PID())
-	reaches := func(pid int32) bool {
-		seen := map[int32]bool{pid: true}
-		queue := []int32{pid}
-		for len(queue) > 0 {
-			p := queue[0]
-			queue = queue[1:]
-			for _, b := range blockers[p] {
-				if b == holder {
-					return true
-				}
-				if !seen[b] {
-					seen[b] = true
-					queue = append(queue, b)
-				}
-			}
-		}
-		return false
-	}
-	n, first := 0, ""
-	for _, pid := range order {
-		if reaches(pid) {
-			if n == 0 {
-				first = strings.Join(strings.Fields(queries[pid]), " ")
-			}
-			n++
-		}
-	}
-	return n, first
-}
-
-// waitBlocked waits until want sessions wait behind the test's table lock.
-func waitBlocked(t *testing.T, lb *lab.Lab, l *tableLock, want int, what string) string {
-	t.Helper()
-	deadline := time.Now().Add(concurrencyWait)
-	for {
-		n, q := blockedOnTableLock(t, lb, l)
-		if n == want {
-			return q
-		}
-		if n > want {
-			t.Fatalf("%s: %d sessions wait behind the test's table lock, want %d", what, n, want)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d sessions wait behind the test's table lock after %v, want %d", what, n, concurrencyWait, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // pendingSteps lists the steps whose last record is an intent (their
 // side effect under way), as step@host.
 func pendingSteps(recs []journal.Record) []string {
@@ -544,7 +462,7 @@ func concurrencyRound(t *testing.T, n int, f *concurrencyFigures) {
 	f.execRefused = len(losers)
 	t.Logf("exec: %d runners released within %v; run %s (pid %d) proceeds; %d refused, the last %v after the release",
 		n, f.execSpread, id, winner.cmd.Process.Pid, len(losers), f.execSlowest.Round(time.Millisecond))
-	q := waitBlocked(t, r.lb, l, 1, "the holder")
+	q := l.waitBlocked(t, 1, "the holder")
 	t.Logf("the holder waits behind the table lock in: %s", q)
 	checkBlockedInRotation(t, r.w, id)
 	checkOneRun(t, r, id, journal.StatusRunning)
@@ -566,7 +484,7 @@ func concurrencyRound(t *testing.T, n int, f *concurrencyFigures) {
 	// The killed runner's database session still waits behind the table
 	// lock: PostgreSQL notices a dead client only when it next talks to
 	// it. It rolls back once the lock goes.
-	orphans, _ := blockedOnTableLock(t, r.lb, l)
+	orphans, _ := l.blocked(t)
 
 	// 4. With the table still locked, n resumes at once.
 	rs = startRacers(t, r, n, "resume", id)
@@ -581,7 +499,7 @@ func concurrencyRound(t *testing.T, n int, f *concurrencyFigures) {
 	f.resumeRefused = len(losers)
 	t.Logf("resume: %d runners released within %v; pid %d proceeds; %d refused, the last %v after the release",
 		n, f.resumeSpread, winner.cmd.Process.Pid, len(losers), f.resumeSlowest.Round(time.Millisecond))
-	waitBlocked(t, r.lb, l, orphans+1, "the resumed holder")
+	l.waitBlocked(t, orphans+1, "the resumed holder")
 	checkOneRun(t, r, id, journal.StatusRunning)
 	checkRulesOf(t, r, id)
 

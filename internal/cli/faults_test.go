@@ -909,6 +909,7 @@ func faultPostgresRestart(t *testing.T, r *faultRun) {
 // own: a step's transaction that writes one of the tables waits on it, so
 // the test knows the step is between its intent and its commit.
 type tableLock struct {
+	url  string // the lab's database
 	conn *pgx.Conn
 	tx   pgx.Tx
 }
@@ -932,17 +933,92 @@ func lockTables(t *testing.T, lb *lab.Lab, tables ...string) *tableLock {
 	if _, err := tx.Exec(ctx, `LOCK TABLE `+strings.Join(names, ", ")+` IN EXCLUSIVE MODE`); err != nil {
 		t.Fatal(err)
 	}
-	return &tableLock{conn: conn, tx: tx}
+	return &tableLock{url: lb.DatabaseURL, conn: conn, tx: tx}
 }
 
-// waitWaiter waits until another session waits on a lock.
-func (l *tableLock) waitWaiter(t *testing.T, what string) {
+// blocked counts the sessions of the lab's PostgreSQL that wait on a lock
+// whose chain of blockers (pg_blocking_pids) leads to this table lock, and
+// returns what the first of them runs. It asks from a session of its own:
+// within the lock's transaction, pg_stat_activity would stay as it was at
+// its first read.
+func (l *tableLock) blocked(t *testing.T) (int, string) {
 	t.Helper()
-	poll(t, what+" waiting on the test's table lock", func() bool {
-		var n int
-		err := l.conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()`).Scan(&n)
-		return err == nil && n > 0
-	})
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, l.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT pid, pg_blocking_pids(pid), left(query, 160) FROM pg_stat_activity
+		WHERE wait_event_type = 'Lock' ORDER BY backend_start`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blockers := map[int32][]int32{}
+	queries := map[int32]string{}
+	var order []int32
+	for rows.Next() {
+		var pid int32
+		var by []int32
+		var q string
+		if err := rows.Scan(&pid, &by, &q); err != nil {
+			t.Fatal(err)
+		}
+		blockers[pid], queries[pid] = by, q
+		order = append(order, pid)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	holder := int32(l.conn.PgConn().PID())
+	reaches := func(pid int32) bool {
+		seen := map[int32]bool{pid: true}
+		queue := []int32{pid}
+		for len(queue) > 0 {
+			p := queue[0]
+			queue = queue[1:]
+			for _, b := range blockers[p] {
+				if b == holder {
+					return true
+				}
+				if !seen[b] {
+					seen[b] = true
+					queue = append(queue, b)
+				}
+			}
+		}
+		return false
+	}
+	n, first := 0, ""
+	for _, pid := range order {
+		if reaches(pid) {
+			if n == 0 {
+				first = strings.Join(strings.Fields(queries[pid]), " ")
+			}
+			n++
+		}
+	}
+	return n, first
+}
+
+// waitBlocked waits until want sessions wait behind the table lock (more
+// fails the test) and returns what the first of them runs.
+func (l *tableLock) waitBlocked(t *testing.T, want int, what string) string {
+	t.Helper()
+	deadline := time.Now().Add(faultWait)
+	for {
+		n, q := l.blocked(t)
+		if n == want {
+			return q
+		}
+		if n > want {
+			t.Fatalf("%s: %d sessions wait behind the test's table lock, want %d", what, n, want)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d sessions wait behind the test's table lock after %v, want %d", what, n, faultWait, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func (l *tableLock) release(t *testing.T) {
@@ -1004,7 +1080,7 @@ func (r *faultRun) startHeld(t *testing.T, stepID string) (*bgRun, *tableLock) {
 		l = lockTables(t, r.lb, stepTables[stepID]...)
 	}
 	r.waitRecord(t, b, "the intent of "+stepID, isRecord(journal.TIntent, stepID))
-	l.waitWaiter(t, "step "+stepID)
+	l.waitBlocked(t, 1, "step "+stepID)
 	last := ""
 	for _, rec := range r.journalNow() {
 		if rec.Step == stepID && rec.Type != journal.TIntent && rec.Type != journal.TNote {
