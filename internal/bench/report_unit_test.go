@@ -43,8 +43,11 @@ func TestReport(t *testing.T) {
 		Steps: []*NamedSeries{{Name: "reissue", Seconds: series(9)}, {Name: "rollout", Seconds: series(4)}}}
 	r.Rotation = &RotationResult{Gateways: 3, Clients: 8, Seconds: series(9, 9), Requests: series(100, 120), Failed: series(0, 2),
 		Failures: []string{"run 2: at 1s: GET /v1/models: status 502"}}
+	r.Elapsed = 600
 	md := markdown(r)
 	for _, want := range []string{
+		"at this run's medians, take 7.2 minutes before any lab",
+		"starts (4.6 minutes with each re-issue size run as often as here)",
 		"| 20 | 16.67 | 20.00 | 1.20 | 0.30 |",
 		"| containment of 20 gateways | under 0.35 s | 0.300 s | met |",
 		"| containment of 1 gateway (process start included) | under 0.12 s | 0.200 s | **MISSED** |",
