@@ -35,8 +35,8 @@ func (r *Results) ansibleSeconds() float64 {
 
 // requiredSeconds is how long the timed runs alone take at this run's
 // medians: all when every figure gets a warm-up and 5 timed runs (the
-// stock Ansible way no warm-up of its own, as the harness runs it), asRun
-// with each re-issue size run as often as this run ran it.
+// stock Ansible way gets no warm-up of its own, as the harness runs it);
+// asRun is the same with each re-issue size run as often as this run ran it.
 func (r *Results) requiredSeconds() (all, asRun float64) {
 	const runs = 1 + 5
 	for _, s := range r.Samples {
