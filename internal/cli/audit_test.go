@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/runbook-dev/runbook/internal/audit"
 	"github.com/runbook-dev/runbook/internal/lab/labtest"
 	"github.com/runbook-dev/runbook/internal/secret"
@@ -105,10 +103,7 @@ func TestAuditOnTheLab(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := lb.Seed.Keys[3]
-	conn, err := pgx.Connect(ctx, lb.DatabaseURL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := connectDB(t, lb.DatabaseURL)
 	defer conn.Close(ctx)
 	if _, err := conn.Exec(ctx, `UPDATE "LiteLLM_VerificationToken" SET created_at = now() - interval '200 days', last_rotation_at = NULL, blocked = false, expires = NULL WHERE token = $1`, old.Hash); err != nil {
 		t.Fatal(err)

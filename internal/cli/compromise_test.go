@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/runbook-dev/runbook/internal/engine"
 	"github.com/runbook-dev/runbook/internal/lab"
 	"github.com/runbook-dev/runbook/internal/lab/labtest"
@@ -237,10 +235,7 @@ func labSnapshot(t *testing.T, lb *lab.Lab) string {
 	if keys, err := vc.List(ctx, "litellm/virtual-keys"); err == nil {
 		fmt.Fprintf(h, "virtual keys in vault %d\n", len(keys))
 	}
-	conn, err := pgx.Connect(ctx, lb.DatabaseURL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := connectDB(t, lb.DatabaseURL)
 	defer conn.Close(ctx)
 	for _, table := range []string{litellm.TableVerificationToken, litellm.TableJWTKeyMapping, litellm.TableDeprecatedVerificationToken,
 		litellm.TableDeletedVerificationToken, litellm.TableProxyModel, litellm.TableCredentials, litellm.TableConfig, litellm.TableTeam, litellm.TableUser} {

@@ -44,10 +44,7 @@ const concurrencyTarget = "env:lab"
 func pgStateURL(t *testing.T, lb *lab.Lab) string {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, lb.DatabaseURL)
-	if err != nil {
-		t.Fatalf("connect to the lab's PostgreSQL: %v", err)
-	}
+	conn := connectDB(t, lb.DatabaseURL)
 	defer conn.Close(ctx)
 	if _, err := conn.Exec(ctx, `CREATE DATABASE runbook_state`); err != nil {
 		t.Fatalf("create the state database: %v", err)
@@ -220,10 +217,7 @@ func checkRefused(t *testing.T, losers []*racer, released time.Time, runID strin
 func holderRow(t *testing.T, stateURL string) (runID string, h state.Holder, lockKey int64, backendPID int32) {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, stateURL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := connectDB(t, stateURL)
 	defer conn.Close(ctx)
 	var b []byte
 	if err := conn.QueryRow(ctx, `SELECT run_id, holder, lock_key, backend_pid FROM runbook.lock_holders WHERE target = $1`,
@@ -254,10 +248,7 @@ func advisoryHeld(ctx context.Context, conn *pgx.Conn, key int64) (bool, error) 
 func killAndWaitLockFree(t *testing.T, stateURL string, key int64, kill func()) time.Duration {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, stateURL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := connectDB(t, stateURL)
 	defer conn.Close(ctx)
 	if held, err := advisoryHeld(ctx, conn, key); err != nil || !held {
 		t.Fatalf("the advisory lock of %s is not held before the kill (%v)", concurrencyTarget, err)

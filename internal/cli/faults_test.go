@@ -308,10 +308,7 @@ func (r *faultRun) checkNothingLost(t *testing.T, id string) {
 
 	// Virtual keys: each row holds its seeded hash, or the hash of the key
 	// Vault holds for it.
-	conn, err := pgx.Connect(ctx, lb.DatabaseURL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := connectDB(t, lb.DatabaseURL)
 	defer conn.Close(ctx)
 	seeded := map[string]string{} // seeded hash -> Vault name
 	for _, k := range lb.Seed.Keys {
@@ -917,10 +914,7 @@ type tableLock struct {
 func lockTables(t *testing.T, lb *lab.Lab, tables ...string) *tableLock {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, lb.DatabaseURL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := connectDB(t, lb.DatabaseURL)
 	t.Cleanup(func() { conn.Close(context.Background()) })
 	tx, err := conn.Begin(ctx)
 	if err != nil {
@@ -944,10 +938,7 @@ func lockTables(t *testing.T, lb *lab.Lab, tables ...string) *tableLock {
 func (l *tableLock) blocked(t *testing.T) (int, string) {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, l.url)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := connectDB(t, l.url)
 	defer conn.Close(ctx)
 	rows, err := conn.Query(ctx, `SELECT pid, pg_blocking_pids(pid), left(query, 160) FROM pg_stat_activity
 		WHERE wait_event_type = 'Lock' ORDER BY backend_start`)

@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/runbook-dev/runbook/internal/lab/labtest"
 	"github.com/runbook-dev/runbook/internal/secret"
 	"github.com/runbook-dev/runbook/internal/vault"
@@ -96,10 +94,7 @@ func TestLeakScanShippedRunbooks(t *testing.T) {
 	watch.finish(t, secrets, outputs, w.dir)
 
 	// No key in the clear in PostgreSQL's files.
-	conn, err := pgx.Connect(ctx, lb.DatabaseURL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := connectDB(t, lb.DatabaseURL)
 	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
 		t.Fatal(err)
 	}

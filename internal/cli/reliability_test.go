@@ -168,14 +168,22 @@ func firewallRules(t *testing.T, g *lab.Gateway) string {
 	return b.String()
 }
 
+// connectDB connects to the PostgreSQL database at url; the caller closes
+// the connection.
+func connectDB(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatalf("connect to PostgreSQL: %v", err)
+	}
+	return conn
+}
+
 // tableDigest is an MD5 of every row of a LiteLLM table.
 func tableDigest(t *testing.T, lb *lab.Lab, table string) string {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, lb.DatabaseURL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := connectDB(t, lb.DatabaseURL)
 	defer conn.Close(ctx)
 	var sum string
 	if err := conn.QueryRow(ctx, "SELECT coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), 'empty') FROM "+table+" t").Scan(&sum); err != nil {
@@ -333,10 +341,7 @@ func (r *labRun) checkVirtualKeysReissued(t *testing.T) []secret.Value {
 			aliasHash[k.Alias] = h
 		}
 	}
-	conn, err := pgx.Connect(ctx, lb.DatabaseURL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := connectDB(t, lb.DatabaseURL)
 	defer conn.Close(ctx)
 	rows, err := conn.Query(ctx, `SELECT token, coalesce(key_alias, '') FROM `+litellm.TableVerificationToken)
 	if err != nil {

@@ -64,6 +64,7 @@ const UnsealKeyFile = "unseal-key"
 
 // StartVault starts the Vault server from bin in dir on 127.0.0.1:port with
 // a fresh random root token, then creates the runner's policy and token.
+// An error once the server has started comes with the server, to stop.
 func StartVault(ctx context.Context, bin, dir string, port int) (*Vault, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("start vault: %w", err)
@@ -87,21 +88,22 @@ func StartVault(ctx context.Context, bin, dir string, port int) (*Vault, error) 
 	if err != nil {
 		return nil, fmt.Errorf("start vault: %w", err)
 	}
+	// From here on an error comes with the server, for the caller to stop.
 	v := &Vault{Dir: dir, Addr: "http://" + addr, PID: pid, RootToken: root}
 	if err := os.WriteFile(filepath.Join(dir, "vault.pid"), []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
-		return nil, fmt.Errorf("start vault: %w", err)
+		return v, fmt.Errorf("start vault: %w", err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	if _, err := waitFile(wctx, ready, pid, "vault"); err != nil {
-		return nil, fmt.Errorf("start vault: %w%s", err, fileTail(filepath.Join(dir, "vault.log")))
+		return v, fmt.Errorf("start vault: %w%s", err, fileTail(filepath.Join(dir, "vault.log")))
 	}
 	// The server writes the key before it says it is ready.
 	if v.UnsealKey, err = readSecret(keyFile); err != nil {
 		return v, fmt.Errorf("start vault: %w", err)
 	}
 	if err := v.createRunnerToken(ctx); err != nil {
-		return nil, err
+		return v, err
 	}
 	return v, nil
 }
